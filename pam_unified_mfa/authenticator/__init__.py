@@ -1,0 +1,1 @@
+"""The reference Protect authenticator: enrolls from the QR, shows codes, answers pushes."""

@@ -1,0 +1,186 @@
+"""Users, groups and admin accounts, and how strictly MFA applies to each.
+
+An admin not linked to a user gets an account of its own (kind "admin") that may hold TOTP only;
+a linked admin authenticates as the linked user and so inherits that user's factors and
+enforcement (R14).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pam_unified_mfa.errors import AlreadyExists, NotFound, PolicyViolation
+from pam_unified_mfa.store.models import Account, Admin, Group, Membership, OrgPolicy
+
+ENFORCEMENTS = ("required", "enroll_at_login", "exempt")
+# Strictest first: a user in several groups gets the strictest of their groups' settings.
+_STRICTNESS = {name: rank for rank, name in enumerate(ENFORCEMENTS)}
+ROLES = ("admin", "billing")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,254}$")
+
+
+def new_id(prefix: str = "i") -> str:
+    """Random, unguessable row id; known before insert so it can bind ciphertexts (AAD).
+
+    The letter prefix tells the kind of object in logs and CLI output ("f…" is a factor).
+    """
+    return prefix + secrets.token_hex(8)
+
+
+def check_name(name: str) -> str:
+    """Names travel through PAM, RADIUS and LDAP: keep them to a conservative alphabet."""
+    if not _NAME.match(name):
+        raise PolicyViolation(
+            f"invalid name {name!r}: use letters, digits and . _ @ + - (at most 255)"
+        )
+    return name
+
+
+def find_account(session: Session, name: str, kind: str = "user") -> Account | None:
+    return session.scalars(
+        select(Account).where(Account.kind == kind, Account.name == name)
+    ).one_or_none()
+
+
+def get_user(session: Session, name: str) -> Account:
+    account = find_account(session, name)
+    if account is None:
+        raise NotFound(f"no such user: {name}")
+    return account
+
+
+def add_user(session: Session, name: str, now: float, groups: tuple[str, ...] = ()) -> Account:
+    check_name(name)
+    if find_account(session, name) is not None:
+        raise AlreadyExists(f"user {name} already exists")
+    account = Account(id=new_id(), kind="user", name=name, failures=0, lock_count=0,
+                      created_at=now)
+    session.add(account)
+    session.flush()
+    for group in groups:
+        join_group(session, account, group)
+    return account
+
+
+def list_users(session: Session) -> list[Account]:
+    return list(session.scalars(
+        select(Account).where(Account.kind == "user").order_by(Account.name)
+    ))
+
+
+def get_or_create_group(session: Session, name: str) -> Group:
+    check_name(name)
+    group = session.scalars(select(Group).where(Group.name == name)).one_or_none()
+    if group is None:
+        group = Group(id=new_id(), name=name, enforcement=None)
+        session.add(group)
+        session.flush()
+    return group
+
+
+def join_group(session: Session, account: Account, group_name: str) -> None:
+    group = get_or_create_group(session, group_name)
+    exists = session.get(Membership, (account.id, group.id))
+    if exists is None:
+        session.add(Membership(account_id=account.id, group_id=group.id))
+        session.flush()
+
+
+def group_names(session: Session, account: Account) -> list[str]:
+    return list(session.scalars(
+        select(Group.name).join(Membership, Membership.group_id == Group.id)
+        .where(Membership.account_id == account.id).order_by(Group.name)
+    ))
+
+
+def check_enforcement(value: str | None) -> str | None:
+    if value is not None and value not in ENFORCEMENTS:
+        raise PolicyViolation(f"enforcement must be one of {', '.join(ENFORCEMENTS)}")
+    return value
+
+
+def effective_enforcement(session: Session, account: Account, policy: OrgPolicy) -> str:
+    """The account's own setting, else the strictest of its groups', else the organisation's.
+
+    Admin-only accounts are always `required`: an admin console without MFA is the one hole an
+    attacker looks for first.
+    """
+    if account.kind == "admin":
+        return "required"
+    if account.enforcement:
+        return account.enforcement
+    group_values = [
+        value for value in session.scalars(
+            select(Group.enforcement).join(Membership, Membership.group_id == Group.id)
+            .where(Membership.account_id == account.id)
+        ) if value
+    ]
+    if group_values:
+        return min(group_values, key=_STRICTNESS.__getitem__)
+    return policy.default_enforcement
+
+
+@dataclass(frozen=True)
+class AdminView:
+    name: str
+    roles: tuple[str, ...]
+    linked_user: str | None
+
+
+def find_admin(session: Session, name: str) -> Admin:
+    admin = session.scalars(select(Admin).where(Admin.name == name)).one_or_none()
+    if admin is None:
+        raise NotFound(f"no such admin: {name}")
+    return admin
+
+
+def admin_roles(admin: Admin) -> tuple[str, ...]:
+    return tuple(role for role in admin.roles.split(",") if role)
+
+
+def add_admin(
+    session: Session, name: str, now: float, roles: tuple[str, ...] = (),
+    linked_user: str | None = None,
+) -> Admin:
+    check_name(name)
+    for role in roles:
+        if role not in ROLES:
+            raise PolicyViolation(f"unknown role {role!r}: roles are {', '.join(ROLES)}")
+    if session.scalars(select(Admin).where(Admin.name == name)).one_or_none() is not None:
+        raise AlreadyExists(f"admin {name} already exists")
+    if linked_user is not None:
+        account = get_user(session, linked_user)
+    else:
+        if find_account(session, name, kind="admin") is not None:
+            raise AlreadyExists(f"admin account {name} already exists")
+        account = Account(id=new_id(), kind="admin", name=name, failures=0, lock_count=0,
+                          created_at=now)
+        session.add(account)
+        session.flush()
+    all_roles = ("admin", *sorted(set(roles) - {"admin"}))
+    admin = Admin(id=new_id(), name=name, roles=",".join(all_roles),
+                  linked=linked_user is not None, account_id=account.id, created_at=now)
+    session.add(admin)
+    session.flush()
+    return admin
+
+
+def admin_account(session: Session, admin: Admin) -> Account:
+    account = session.get(Account, admin.account_id)
+    if account is None:  # pragma: no cover - foreign key guarantees it
+        raise NotFound(f"admin {admin.name} has no account")
+    return account
+
+
+def view_admin(session: Session, admin: Admin) -> AdminView:
+    linked = admin_account(session, admin).name if admin.linked else None
+    return AdminView(admin.name, admin_roles(admin), linked)
+
+
+def list_admins(session: Session) -> list[Admin]:
+    return list(session.scalars(select(Admin).order_by(Admin.name)))

@@ -1,0 +1,85 @@
+"""The audit trail: every decision and every admin change, in the store and in the log.
+
+Detail values are restricted to a fixed set of keys holding identifiers, counts and flags, so a
+code or a secret cannot be written here by mistake (S05).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pam_unified_mfa.core.context import RequestContext
+from pam_unified_mfa.store.models import AuditRecord
+
+log = logging.getLogger("unified_mfa.audit")
+
+DETAIL_KEYS = frozenset({
+    "factor", "factors", "kind", "mode", "from", "to", "reason", "users", "count", "key_id",
+    "enrollment", "method", "attempts", "locked_for", "confirmation", "role", "state", "ttl",
+    "migrated", "retired", "service", "fail_mode", "enforcement", "group", "admin", "linked",
+})
+_SAFE_TEXT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:@/ -]{0,127}$")
+
+Detail = Mapping[str, str | int | bool | float | None]
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: float
+    actor: str
+    action: str
+    subject: str
+    outcome: str
+    adapter: str
+    client: str
+    detail: dict[str, object]
+
+
+def _check_detail(detail: Detail) -> str:
+    for key, value in detail.items():
+        if key not in DETAIL_KEYS:
+            raise ValueError(f"audit detail key {key!r} is not allowed")
+        # Free text must start with a letter: codes and seeds (digits, base32) cannot pass.
+        if isinstance(value, str) and value and not _SAFE_TEXT.match(value):
+            raise ValueError(f"audit detail {key!r} holds text that is not an identifier")
+    return json.dumps(dict(detail), sort_keys=True)
+
+
+def record(
+    session: Session,
+    now: float,
+    *,
+    actor: str,
+    action: str,
+    subject: str,
+    outcome: str,
+    ctx: RequestContext,
+    detail: Detail | None = None,
+) -> None:
+    """Add one audit record to the current transaction and write the same line to the log."""
+    text = _check_detail(detail or {})
+    session.add(AuditRecord(
+        at=now, actor=actor, action=action, subject=subject, outcome=outcome,
+        adapter=ctx.adapter, client=ctx.client, detail=text,
+    ))
+    log.info("action=%s outcome=%s actor=%s subject=%s adapter=%s client=%s detail=%s",
+             action, outcome, actor, subject, ctx.adapter, ctx.client or "-", text)
+
+
+def tail(session: Session, count: int) -> list[AuditEntry]:
+    """The newest `count` records, oldest first, as `audit tail` prints them."""
+    rows = session.scalars(
+        select(AuditRecord).order_by(AuditRecord.id.desc()).limit(count)
+    ).all()
+    return [
+        AuditEntry(r.at, r.actor, r.action, r.subject, r.outcome, r.adapter, r.client,
+                   json.loads(r.detail or "{}"))
+        for r in reversed(rows)
+    ]

@@ -1,0 +1,271 @@
+"""The one dialogue every adapter drives after the first factor.
+
+`begin` decides what to ask; `answer` takes a code or the word `push`; `poll` follows a pending
+push. Each step that continues returns a fresh opaque token and the previous one dies, so the
+dialogue is resumable by a stateless adapter (a RADIUS State, a browser form) on any node and
+cannot be replayed. Adapters only render `Step`s; every decision is made here.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, cast
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.orm import Session
+
+from pam_unified_mfa.core import audit
+from pam_unified_mfa.core.accounts import effective_enforcement, find_account, new_id
+from pam_unified_mfa.core.context import RequestContext
+from pam_unified_mfa.core.env import Env
+from pam_unified_mfa.core.factors import (
+    BYPASS,
+    PROTECT_PUSH,
+    TOTP_KINDS,
+    _resolve_kind,
+    account_factors,
+    create_enrollment,
+    is_usable,
+    on_unified,
+    token_hash,
+)
+from pam_unified_mfa.core.orgpolicy import get_policy
+from pam_unified_mfa.core.verification import check_code, decoy_check, is_locked
+from pam_unified_mfa.store.models import Account, Dialogue
+
+TOKEN_BYTES = 24  # 32 characters: unguessable, and fits a RADIUS State attribute (<= 253 octets)
+
+PROMPT_CODE = "Enter a passcode"
+PROMPT_CODE_OR_PUSH = "Enter a passcode, or 'push' (or nothing) for a push approval"
+PROMPT_ENROLL = ("Scan this QR code with the Protect app or any authenticator app, "
+                 "then enter the code it shows")
+HINT_UNIFIED = ("Your organisation now uses one Protect enrollment for push and codes: "
+                "scan the new QR code in your security settings")
+MSG_WRONG = "Invalid passcode, try again"
+MSG_DENIED = "Access denied"
+MSG_LOCKED = "Too many failed attempts; try again later"
+MSG_EXPIRED = "This login attempt has expired; start again"
+MSG_NO_FACTOR = "No MFA method is enrolled for this account; contact your administrator"
+MSG_UNAVAILABLE = "The MFA service is unavailable"
+DECOY_METHODS = ("code", "push")
+
+
+class Outcome(StrEnum):
+    ACCEPT = "accept"
+    REJECT = "reject"
+    PROMPT = "prompt"
+    ENROLL = "enroll"
+    PUSH_PENDING = "push_pending"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the adapter shows or does next; `token` resumes the dialogue where it continues.
+
+    `UNAVAILABLE` carries the core's fail-mode verdict in `allowed` (S07), so no adapter has to
+    decide it.
+    """
+
+    outcome: Outcome
+    message: str
+    token: str | None = None
+    methods: tuple[str, ...] = ()
+    push_number: str | None = None
+    deadline: float | None = None
+    enroll_uri: str | None = None
+    suggest_unified: bool = False
+    allowed: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome in (Outcome.ACCEPT, Outcome.REJECT, Outcome.UNAVAILABLE)
+
+    @property
+    def granted(self) -> bool:
+        return self.outcome is Outcome.ACCEPT or (
+            self.outcome is Outcome.UNAVAILABLE and self.allowed)
+
+
+def _rowcount(result: Any) -> int:
+    return cast(CursorResult[Any], result).rowcount
+
+
+def _methods(account: Account, session: Session, now: float) -> tuple[str, ...]:
+    usable = [f for f in account_factors(session, account, "active", "pending")
+              if is_usable(f, now)]
+    methods: list[str] = []
+    if any(f.kind in TOTP_KINDS or f.kind == BYPASS for f in usable):
+        methods.append("code")
+    if any(f.kind == PROTECT_PUSH and f.state == "active" and f.device_key for f in usable):
+        methods.append("push")
+    return tuple(methods)
+
+
+def _prompt_text(methods: tuple[str, ...]) -> str:
+    return PROMPT_CODE_OR_PUSH if "push" in methods else PROMPT_CODE
+
+
+def _new_dialogue(
+    session: Session, env: Env, username: str, account: Account | None, ctx: RequestContext,
+    state: str, enroll_factor: str | None = None,
+) -> str:
+    now = env.clock()
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    session.add(Dialogue(
+        id=new_id(), token_hash=token_hash(token),
+        account_id=account.id if account else None, username=username, adapter=ctx.adapter,
+        client=ctx.client, state=state, attempts=0, enroll_factor_id=enroll_factor,
+        expires_at=now + env.seconds(env.settings.dialogue.ttl), created_at=now,
+    ))
+    return token
+
+
+def _finish(session: Session, dialogue: Dialogue | None, step: Step) -> Step:
+    if dialogue is not None:
+        session.delete(dialogue)
+    return step
+
+
+def begin(session: Session, env: Env, username: str, ctx: RequestContext,
+          kind: str = "user") -> Step:
+    """Start MFA for someone whose first factor has just succeeded."""
+    now = env.clock()
+    account = find_account(session, username, kind)
+    if account is None:
+        # Indistinguishable from a user with both methods: every answer will be refused (S06).
+        token = _new_dialogue(session, env, username, None, ctx, "ask")
+        return Step(Outcome.PROMPT, _prompt_text(DECOY_METHODS), token, DECOY_METHODS)
+    policy = get_policy(session, now)
+    enforcement = effective_enforcement(session, account, policy)
+    if enforcement == "exempt":
+        audit.record(session, now, actor=account.name, action="mfa.login", subject=account.name,
+                     outcome="accepted", ctx=ctx, detail={"reason": "exempt"})
+        return Step(Outcome.ACCEPT, "MFA not required for this account")
+    if is_locked(account, now):
+        audit.record(session, now, actor=account.name, action="mfa.login", subject=account.name,
+                     outcome="rejected", ctx=ctx, detail={"reason": "locked"})
+        return Step(Outcome.REJECT, MSG_LOCKED)
+    methods = _methods(account, session, now)
+    if methods:
+        token = _new_dialogue(session, env, username, account, ctx, "ask")
+        suggest = (policy.mode == "unified" and account.kind == "user"
+                   and not on_unified(session, account))
+        return Step(Outcome.PROMPT, _prompt_text(methods), token, methods,
+                    suggest_unified=suggest, extra={"hint": HINT_UNIFIED} if suggest else {})
+    may_enroll = enforcement == "enroll_at_login" or (
+        account.must_enroll_until is not None and account.must_enroll_until > now)
+    if not may_enroll:
+        audit.record(session, now, actor=account.name, action="mfa.login", subject=account.name,
+                     outcome="rejected", ctx=ctx, detail={"reason": "no_factor"})
+        return Step(Outcome.REJECT, MSG_NO_FACTOR)
+    enrollment = create_enrollment(
+        session, env, account, _resolve_kind(policy, account, None),
+        ttl=env.seconds(env.settings.dialogue.ttl),
+    )
+    token = _new_dialogue(session, env, username, account, ctx, "enroll",
+                          enroll_factor=enrollment.factor_ids[-1])
+    audit.record(session, now, actor=account.name, action="factor.enroll", subject=account.name,
+                 outcome="pending", ctx=ctx, detail={"kind": enrollment.kind, "reason": "at_login"})
+    return Step(Outcome.ENROLL, PROMPT_ENROLL, token, ("code",), enroll_uri=enrollment.uri)
+
+
+def _claim(session: Session, env: Env, token: str, ctx: RequestContext,
+           rotate: bool) -> tuple[Dialogue | None, str | None]:
+    """Find the live dialogue for a token and, when answering, swap in a new single-use token."""
+    now = env.clock()
+    dialogue = session.scalars(
+        select(Dialogue).where(Dialogue.token_hash == token_hash(token))
+    ).one_or_none()
+    if dialogue is None or dialogue.adapter != ctx.adapter or dialogue.client != ctx.client:
+        return None, None
+    if dialogue.expires_at <= now:
+        session.delete(dialogue)
+        return None, None
+    if not rotate:
+        return dialogue, token
+    new_token = secrets.token_urlsafe(TOKEN_BYTES)
+    swapped = session.execute(
+        update(Dialogue)
+        .where(Dialogue.id == dialogue.id, Dialogue.token_hash == token_hash(token))
+        .values(token_hash=token_hash(new_token))
+        .execution_options(synchronize_session=False)
+    )
+    if _rowcount(swapped) != 1:
+        return None, None
+    session.refresh(dialogue)
+    return dialogue, new_token
+
+
+def answer(session: Session, env: Env, token: str, reply: str, ctx: RequestContext) -> Step:
+    """Take the user's reply: a code, a bypass code, or `push` / nothing to ask for a push."""
+    dialogue, new_token = _claim(session, env, token, ctx, rotate=True)
+    if dialogue is None or new_token is None:
+        return Step(Outcome.REJECT, MSG_EXPIRED)
+    account = session.get(Account, dialogue.account_id) if dialogue.account_id else None
+    wants_push = reply.strip().lower() in ("", "push")
+    if account is None:
+        decoy_check(env, reply)
+        return _after_failure(session, env, dialogue, new_token, DECOY_METHODS)
+    methods = _methods(account, session, env.clock())
+    if wants_push and dialogue.state == "ask" and "push" in methods:
+        return start_push(session, env, dialogue, new_token, ctx)
+    result = check_code(session, env, account, reply, ctx)
+    if result.accepted:
+        return _finish(session, dialogue, Step(Outcome.ACCEPT, "Access granted"))
+    if result.reason == "locked":
+        return _finish(session, dialogue, Step(Outcome.REJECT, MSG_LOCKED))
+    session.refresh(account)
+    if is_locked(account, env.clock()):
+        return _finish(session, dialogue, Step(Outcome.REJECT, MSG_LOCKED))
+    return _after_failure(session, env, dialogue, new_token, methods or ("code",))
+
+
+def _after_failure(session: Session, env: Env, dialogue: Dialogue, token: str,
+                   methods: tuple[str, ...]) -> Step:
+    dialogue.attempts += 1
+    if dialogue.attempts >= env.settings.dialogue.max_attempts:
+        return _finish(session, dialogue, Step(Outcome.REJECT, MSG_DENIED))
+    if dialogue.state == "enroll":
+        methods = ("code",)
+    return Step(Outcome.PROMPT, f"{MSG_WRONG}. {_prompt_text(methods)}", token, methods)
+
+
+def start_push(session: Session, env: Env, dialogue: Dialogue, token: str,
+               ctx: RequestContext) -> Step:
+    """Move to the pending-push state: a number to match on the device and a deadline (S03).
+
+    Delivery to the device and its signed answer belong to the push service; the dialogue only
+    keeps the number and the deadline, so every adapter can already show and wait on it.
+    """
+    now = env.clock()
+    dialogue.state = "push"
+    dialogue.push_number = f"{secrets.randbelow(90) + 10}"
+    dialogue.push_deadline = now + env.seconds(env.settings.push.timeout)
+    dialogue.expires_at = max(dialogue.expires_at, dialogue.push_deadline)
+    return Step(Outcome.PUSH_PENDING,
+                f"Approve the push on your device; it shows the number {dialogue.push_number}",
+                token, ("code",), push_number=dialogue.push_number,
+                deadline=dialogue.push_deadline)
+
+
+def poll(session: Session, env: Env, token: str, ctx: RequestContext) -> Step:
+    """Follow a pending push without spending the token; it ends at the deadline."""
+    dialogue, _ = _claim(session, env, token, ctx, rotate=False)
+    if dialogue is None:
+        return Step(Outcome.REJECT, MSG_EXPIRED)
+    now = env.clock()
+    if dialogue.state != "push" or dialogue.push_deadline is None:
+        return Step(Outcome.PROMPT, _prompt_text(("code",)), token, ("code",))
+    if dialogue.push_deadline <= now:
+        if dialogue.account_id:
+            audit.record(session, now, actor=dialogue.username, action="mfa.push",
+                         subject=dialogue.username, outcome="expired", ctx=ctx)
+        return _finish(session, dialogue, Step(Outcome.REJECT, "The push request expired"))
+    return Step(Outcome.PUSH_PENDING, f"Waiting for approval of number {dialogue.push_number}",
+                token, ("code",), push_number=dialogue.push_number,
+                deadline=dialogue.push_deadline)

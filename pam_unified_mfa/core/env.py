@@ -1,0 +1,19 @@
+"""What every core operation needs besides the transaction: settings, keys and the clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pam_unified_mfa.crypto import Keyring
+from pam_unified_mfa.settings import Settings
+
+
+@dataclass(frozen=True)
+class Env:
+    settings: Settings
+    keyring: Keyring
+    clock: Callable[[], float]
+
+    def seconds(self, duration: str) -> float:
+        return self.settings.seconds(duration)

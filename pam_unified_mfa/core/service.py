@@ -1,0 +1,292 @@
+"""`MFA`: the core's whole public surface, one transaction per call.
+
+Adapters, the CLI, the HTTP service and the portals all call these methods and nothing below
+them, so every surface applies the same rules and sees the same state (R15).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pam_unified_mfa.core import accounts, audit, dialogue, factors
+from pam_unified_mfa.core import policy as org_policy
+from pam_unified_mfa.core.context import CLI, RequestContext
+from pam_unified_mfa.core.dialogue import MSG_UNAVAILABLE, Outcome, Step
+from pam_unified_mfa.core.env import Env
+from pam_unified_mfa.core.orgpolicy import get_policy
+from pam_unified_mfa.core.verification import check_code, is_locked
+from pam_unified_mfa.crypto import Keyring
+from pam_unified_mfa.errors import InvalidCode, StoreUnavailable
+from pam_unified_mfa.settings import KEY_FILE, Settings, default_home, load_settings, store_url
+from pam_unified_mfa.store import Store
+from pam_unified_mfa.store.models import Account, DeviceMessage, Factor
+
+log = logging.getLogger("unified_mfa.core")
+
+
+@dataclass(frozen=True)
+class UserView:
+    """A user's MFA state as every surface shows it (R15): never a secret."""
+
+    name: str
+    kind: str
+    enforcement: str
+    groups: tuple[str, ...]
+    locked: bool
+    must_enroll: bool
+    on_unified: bool
+    suggest_unified: bool
+    factors: tuple[factors.FactorView, ...]
+
+
+class MFA:
+    """The one core. Construct with `MFA.open(home)`; close with `close()`."""
+
+    def __init__(self, env: Env, store: Store) -> None:
+        self.env = env
+        self.store = store
+
+    @classmethod
+    def open(
+        cls, home: Path | None = None, *, store: str | None = None,
+        clock: Callable[[], float] = time.time, migrate: bool = True,
+    ) -> MFA:
+        home = home or default_home()
+        settings = load_settings(home)
+        keyring = Keyring.load(home / KEY_FILE)
+        instance = cls(Env(settings, keyring, clock), Store(store_url(home, settings, store)))
+        if migrate:
+            instance.store.migrate()
+        return instance
+
+    def close(self) -> None:
+        self.store.dispose()
+
+    @property
+    def settings(self) -> Settings:
+        return self.env.settings
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self.store.session() as session:
+            yield session
+
+    # -- the dialogue (what adapters drive) -------------------------------------------------
+
+    def _guarded(self, ctx: RequestContext, run: Callable[[Session], Step]) -> Step:
+        """Run one dialogue step; an unreachable store yields the fail-mode verdict (S07)."""
+        try:
+            with self._tx() as session:
+                return run(session)
+        except StoreUnavailable:
+            mode = ctx.fail_mode or self.settings.fail_mode
+            allowed = mode == "safe"
+            log.warning("store unavailable: adapter=%s client=%s fail_mode=%s verdict=%s",
+                        ctx.adapter, ctx.client or "-", mode, "allow" if allowed else "deny")
+            return Step(Outcome.UNAVAILABLE, MSG_UNAVAILABLE, allowed=allowed)
+
+    def begin(self, username: str, ctx: RequestContext, kind: str = "user") -> Step:
+        return self._guarded(ctx, lambda s: dialogue.begin(s, self.env, username, ctx, kind))
+
+    def answer(self, token: str, reply: str, ctx: RequestContext) -> Step:
+        return self._guarded(ctx, lambda s: dialogue.answer(s, self.env, token, reply, ctx))
+
+    def poll(self, token: str, ctx: RequestContext) -> Step:
+        return self._guarded(ctx, lambda s: dialogue.poll(s, self.env, token, ctx))
+
+    def authenticate_code(self, username: str, code: str, ctx: RequestContext) -> Step:
+        """One complete check of a code, as an adapter that got it with the password would."""
+        step = self.begin(username, ctx)
+        if step.finished or step.token is None:
+            return step
+        return self.answer(step.token, code, ctx)
+
+    # -- users, groups, admins ----------------------------------------------------------------
+
+    def add_user(self, name: str, groups: tuple[str, ...] = (), actor: str = "cli",
+                 ctx: RequestContext = CLI) -> UserView:
+        with self._tx() as s:
+            now = self.env.clock()
+            account = accounts.add_user(s, name, now, groups)
+            audit.record(s, now, actor=actor, action="user.add", subject=name, outcome="created",
+                         ctx=ctx)
+            return self._view(s, account)
+
+    def list_users(self) -> list[UserView]:
+        with self._tx() as s:
+            return [self._view(s, a) for a in accounts.list_users(s)]
+
+    def show_user(self, name: str) -> UserView:
+        with self._tx() as s:
+            return self._view(s, accounts.get_user(s, name))
+
+    def show_admin_account(self, admin_name: str) -> UserView:
+        with self._tx() as s:
+            return self._view(s, accounts.admin_account(s, accounts.find_admin(s, admin_name)))
+
+    def _view(self, s: Session, account: Account) -> UserView:
+        now = self.env.clock()
+        org = get_policy(s, now)
+        unified = factors.on_unified(s, account)
+        return UserView(
+            name=account.name, kind=account.kind,
+            enforcement=accounts.effective_enforcement(s, account, org),
+            groups=tuple(accounts.group_names(s, account)),
+            locked=is_locked(account, now),
+            must_enroll=account.must_enroll_until is not None and account.must_enroll_until > now,
+            on_unified=unified,
+            suggest_unified=org.mode == "unified" and account.kind == "user" and not unified,
+            factors=tuple(factors.visible_factors(s, account, now)),
+        )
+
+    def set_enforcement(self, name: str, enforcement: str | None, actor: str = "cli",
+                        ctx: RequestContext = CLI, group: bool = False) -> None:
+        """Per user or per group: required, enroll_at_login, exempt; None inherits."""
+        with self._tx() as s:
+            accounts.check_enforcement(enforcement)
+            if group:
+                accounts.get_or_create_group(s, name).enforcement = enforcement
+            else:
+                accounts.get_user(s, name).enforcement = enforcement
+            audit.record(s, self.env.clock(), actor=actor, action="enforcement.set",
+                         subject=name, outcome="changed", ctx=ctx,
+                         detail={"enforcement": enforcement or "inherit", "group": group})
+
+    def join_group(self, name: str, group: str, actor: str = "cli",
+                   ctx: RequestContext = CLI) -> None:
+        with self._tx() as s:
+            accounts.join_group(s, accounts.get_user(s, name), group)
+            audit.record(s, self.env.clock(), actor=actor, action="group.join", subject=name,
+                         outcome="joined", ctx=ctx, detail={"group": group})
+
+    def add_admin(self, name: str, roles: tuple[str, ...] = (), linked_user: str | None = None,
+                  actor: str = "cli", ctx: RequestContext = CLI) -> accounts.AdminView:
+        with self._tx() as s:
+            now = self.env.clock()
+            admin = accounts.add_admin(s, name, now, roles, linked_user)
+            audit.record(s, now, actor=actor, action="admin.add", subject=name,
+                         outcome="created", ctx=ctx,
+                         detail={"role": ",".join(accounts.admin_roles(admin)),
+                                 "linked": linked_user is not None})
+            return accounts.view_admin(s, admin)
+
+    def list_admins(self) -> list[accounts.AdminView]:
+        with self._tx() as s:
+            return [accounts.view_admin(s, a) for a in accounts.list_admins(s)]
+
+    # -- factors --------------------------------------------------------------------------------
+
+    def _account(self, s: Session, name: str, admin: bool) -> Account:
+        if admin:
+            return accounts.admin_account(s, accounts.find_admin(s, name))
+        return accounts.get_user(s, name)
+
+    def enroll(self, name: str, kind: str | None = None, *, admin: bool = False,
+               actor: str = "cli", ctx: RequestContext = CLI) -> factors.EnrollResult:
+        with self._tx() as s:
+            return factors.enroll(s, self.env, self._account(s, name, admin), kind, ctx, actor)
+
+    def delete_factor(self, name: str, factor_id: str, *, actor: str = "cli",
+                      ctx: RequestContext = CLI) -> list[str]:
+        with self._tx() as s:
+            return factors.delete_factor(s, self.env, accounts.get_user(s, name), factor_id,
+                                         ctx, actor)
+
+    def reset_by_admin(self, name: str, admin_name: str, factor_id: str | None = None,
+                       ctx: RequestContext = CLI) -> list[str]:
+        with self._tx() as s:
+            accounts.find_admin(s, admin_name)
+            return factors.admin_reset(s, self.env, accounts.get_user(s, name), factor_id, ctx,
+                                       admin_name)
+
+    def reset_by_user(self, name: str, code: str, factor_id: str | None = None, *,
+                      admin: bool = False, ctx: RequestContext = CLI) -> factors.EnrollResult:
+        """R07: a current Protect TOTP code proves possession; then the swap starts (R12).
+
+        A wrong code counts toward the throttle (S02) and is committed as such, so the error is
+        raised only after the transaction that recorded it.
+        """
+        with self._tx() as s:
+            account = self._account(s, name, admin)
+            proof = check_code(s, self.env, account, code, ctx, only=(factors.PROTECT_TOTP,))
+            if proof.accepted:
+                return factors.user_reset(s, self.env, account, factor_id, ctx)
+        raise InvalidCode("reset refused: a current code from the Protect authenticator is "
+                          "required (R07)")
+
+    def issue_bypass(self, name: str, admin_name: str, count: int = 1, ttl: float | None = None,
+                     ctx: RequestContext = CLI) -> list[str]:
+        with self._tx() as s:
+            accounts.find_admin(s, admin_name)
+            seconds = ttl if ttl is not None else self.env.seconds(self.settings.bypass.ttl)
+            return factors.issue_bypass(s, self.env, accounts.get_user(s, name), count, seconds,
+                                        ctx, admin_name)
+
+    def device_messages(self, factor_id: str) -> list[dict[str, str]]:
+        """Undelivered messages for a push device (the TOTP a merge gave it, R10), decrypted."""
+        with self._tx() as s:
+            rows = s.scalars(select(DeviceMessage).where(
+                DeviceMessage.factor_id == factor_id, DeviceMessage.delivered_at.is_(None)))
+            return [{"id": m.id, "kind": m.kind, "payload": self.env.keyring.decrypt(
+                m.payload, f"device_message:{m.id}").decode()} for m in rows]
+
+    # -- organisation policy ------------------------------------------------------------------
+
+    def policy(self) -> org_policy.PolicyView:
+        with self._tx() as s:
+            return org_policy.show(s, self.env)
+
+    def preview(self, admin_name: str, action: str, argument: str = "",
+                ctx: RequestContext = CLI) -> org_policy.Preview:
+        with self._tx() as s:
+            return org_policy.preview(s, self.env, admin_name, action, argument, ctx)
+
+    def confirm(self, admin_name: str, confirmation: str,
+                ctx: RequestContext = CLI) -> dict[str, int]:
+        with self._tx() as s:
+            return org_policy.apply(s, self.env, admin_name, confirmation, ctx)
+
+    def set_method(self, admin_name: str, method: str, enabled: bool,
+                   ctx: RequestContext = CLI) -> org_policy.PolicyView:
+        with self._tx() as s:
+            return org_policy.set_method(s, self.env, admin_name, method, enabled, ctx)
+
+    def set_default_enforcement(self, admin_name: str, enforcement: str,
+                                ctx: RequestContext = CLI) -> org_policy.PolicyView:
+        with self._tx() as s:
+            return org_policy.set_default_enforcement(s, self.env, admin_name, enforcement, ctx)
+
+    # -- audit and keys -----------------------------------------------------------------------
+
+    def audit_tail(self, count: int = 20) -> list[audit.AuditEntry]:
+        with self._tx() as s:
+            return audit.tail(s, count)
+
+    def rotate_key(self, actor: str = "cli", ctx: RequestContext = CLI) -> tuple[str, int]:
+        """Add a new active key and re-encrypt every stored secret under it."""
+        keyring = self.env.keyring
+        new_kid = keyring.rotate()
+        count = 0
+        with self._tx() as s:
+            for factor in s.scalars(select(Factor).where(Factor.secret.is_not(None))):
+                assert factor.secret is not None
+                context = factors.secret_context(factor.id)
+                factor.secret = keyring.encrypt(keyring.decrypt(factor.secret, context), context)
+                count += 1
+            for message in s.scalars(select(DeviceMessage)):
+                context = f"device_message:{message.id}"
+                message.payload = keyring.encrypt(keyring.decrypt(message.payload, context),
+                                                  context)
+                count += 1
+            audit.record(s, self.env.clock(), actor=actor, action="key.rotate", subject="store",
+                         outcome="rotated", ctx=ctx, detail={"key_id": new_kid, "count": count})
+        return new_kid, count
+

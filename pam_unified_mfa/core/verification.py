@@ -1,0 +1,179 @@
+"""Checking a code against a user's factors, with replay protection (S01) and throttling (S02).
+
+Both live here, in the store, so they hold across every adapter and every node: an accepted
+time step is recorded with one conditional UPDATE (only one of two concurrent submissions can
+win it), and failures are counted with an atomic increment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import or_, update
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.orm import Session
+
+from pam_unified_mfa import totp
+from pam_unified_mfa.core import audit
+from pam_unified_mfa.core.context import RequestContext
+from pam_unified_mfa.core.env import Env
+from pam_unified_mfa.core.factors import (
+    BYPASS,
+    TOTP_KINDS,
+    account_factors,
+    confirm,
+    is_usable,
+    secret_context,
+)
+from pam_unified_mfa.store.models import Account, Factor
+
+# A TOTP check used for unknown users so that they cost the same time as real ones (S06).
+_DECOY_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"  # noqa: S105 - public, never enrolled
+
+
+@dataclass(frozen=True)
+class CodeCheck:
+    accepted: bool
+    reason: str
+    factor_id: str | None = None
+    kind: str | None = None
+
+
+def _rowcount(result: Any) -> int:
+    return cast(CursorResult[Any], result).rowcount
+
+
+def is_locked(account: Account, now: float) -> bool:
+    return account.locked_until is not None and account.locked_until > now
+
+
+def normalise_code(code: str) -> str:
+    """Users type spaces and dashes from grouped displays ("123 456"); nothing else is fixed up."""
+    return code.strip().replace(" ", "").replace("-", "")
+
+
+def decoy_check(env: Env, code: str) -> None:
+    """Spend the work of one TOTP check without touching the store."""
+    totp.match_step(_DECOY_SECRET, env.settings.totp.params(), normalise_code(code),
+                    env.clock(), env.settings.totp.window)
+
+
+def _claim_totp(session: Session, env: Env, factor: Factor, code: str, now: float) -> str | None:
+    """'ok' if the code matches a step not used before, 'replay' if used, None if no match."""
+    if factor.secret is None:
+        return None
+    secret = env.keyring.decrypt(factor.secret, secret_context(factor.id)).decode()
+    params = totp.TotpParams(algorithm=factor.algorithm or "SHA1", digits=factor.digits or 6,
+                             period=factor.period or 30)
+    step = totp.match_step(secret, params, code, now, env.settings.totp.window)
+    if step is None:
+        return None
+    # The step only moves forward: a code of this step or an older one is never taken again.
+    claimed = session.execute(
+        update(Factor)
+        .where(Factor.id == factor.id,
+               or_(Factor.last_step.is_(None), Factor.last_step < step))
+        .values(last_step=step)
+        .execution_options(synchronize_session=False)
+    )
+    return "ok" if _rowcount(claimed) == 1 else "replay"
+
+
+def _claim_bypass(session: Session, env: Env, factor: Factor, code: str, now: float) -> str | None:
+    if factor.code_hash is None or not env.keyring.verify_mac(
+        code.encode(), f"bypass:{factor.id}", factor.code_hash
+    ):
+        return None
+    spent = session.execute(
+        update(Factor).where(Factor.id == factor.id, Factor.used_at.is_(None))
+        .values(used_at=now).execution_options(synchronize_session=False)
+    )
+    return "ok" if _rowcount(spent) == 1 else "replay"
+
+
+def record_failure(
+    session: Session, env: Env, account: Account, ctx: RequestContext, reason: str,
+) -> None:
+    """Count a failure atomically; at the limit, lock with doubling back-off (S02)."""
+    now = env.clock()
+    settings = env.settings.throttle
+    failures, lock_count = session.execute(
+        update(Account).where(Account.id == account.id)
+        .values(failures=Account.failures + 1)
+        .returning(Account.failures, Account.lock_count)
+        .execution_options(synchronize_session=False)
+    ).one()
+    audit.record(session, now, actor=account.name, action="mfa.code", subject=account.name,
+                 outcome="rejected", ctx=ctx, detail={"reason": reason, "attempts": failures})
+    if failures >= settings.max_failures:
+        lockout = min(env.seconds(settings.lockout) * 2 ** min(lock_count, 16),
+                      env.seconds(settings.max_lockout))
+        session.execute(
+            update(Account).where(Account.id == account.id)
+            .values(failures=0, lock_count=Account.lock_count + 1, locked_until=now + lockout)
+            .execution_options(synchronize_session=False)
+        )
+        audit.record(session, now, actor=account.name, action="user.locked",
+                     subject=account.name, outcome="locked", ctx=ctx,
+                     detail={"locked_for": int(lockout), "attempts": failures})
+    session.expire(account)
+
+
+def record_success(session: Session, account: Account) -> None:
+    session.execute(
+        update(Account).where(Account.id == account.id)
+        .values(failures=0, lock_count=0, locked_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.expire(account)
+
+
+def check_code(
+    session: Session, env: Env, account: Account, code: str, ctx: RequestContext,
+    only: tuple[str, ...] | None = None,
+) -> CodeCheck:
+    """Try a code against every usable TOTP factor and bypass code of the account.
+
+    A correct code during a lock is refused (S02); a code whose time step was already accepted
+    is refused (S01). A first valid code for a pending factor confirms it. `only` restricts
+    the check to active factors of the given kinds (proof of possession for a reset, R07).
+    """
+    now = env.clock()
+    session.refresh(account)
+    if is_locked(account, now):
+        decoy_check(env, code)
+        audit.record(session, now, actor=account.name, action="mfa.code", subject=account.name,
+                     outcome="rejected", ctx=ctx, detail={"reason": "locked"})
+        return CodeCheck(False, "locked")
+    code = normalise_code(code)
+    states = ("active",) if only else ("active", "pending")
+    candidates = [f for f in account_factors(session, account, *states)
+                  if is_usable(f, now) and (only is None or f.kind in only)]
+    outcome: str | None = None
+    matched: Factor | None = None
+    for factor in candidates:
+        if factor.kind in TOTP_KINDS:
+            result = _claim_totp(session, env, factor, code, now)
+        elif factor.kind == BYPASS and len(code) == env.settings.bypass.length:
+            result = _claim_bypass(session, env, factor, code, now)
+        else:
+            continue
+        if result == "ok":
+            matched = factor
+            break
+        outcome = outcome or result
+    if not candidates:
+        decoy_check(env, code)
+    if matched is None:
+        reason = outcome or "invalid"
+        record_failure(session, env, account, ctx, reason)
+        return CodeCheck(False, reason)
+    record_success(session, account)
+    if matched.state == "pending":
+        confirm(session, env, matched, ctx)
+    audit.record(session, now, actor=account.name, action="mfa.code", subject=account.name,
+                 outcome="accepted", ctx=ctx,
+                 detail={"factor": matched.id, "kind": matched.kind,
+                         "service": ctx.service or None})
+    return CodeCheck(True, "ok", matched.id, matched.kind)

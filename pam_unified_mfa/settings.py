@@ -1,0 +1,213 @@
+"""Typed, validated, read-only settings from `unified-mfa.toml`.
+
+Loaded once at start. Unknown keys and wrong types are errors, so a typo can never silently turn a
+fail-closed default into something weaker; every key is documented in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pam_unified_mfa.errors import ConfigError
+from pam_unified_mfa.totp import TotpParams
+
+SETTINGS_FILE = "unified-mfa.toml"
+KEY_FILE = "unified-mfa.key"
+SQLITE_FILE = "unified-mfa.db"
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8080"
+
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from '30s', '5m', '1h', '2d' — one unit, whole numbers, so configs stay readable."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ConfigError(f"invalid duration {text!r}: a whole number with ms, s, m, h or d")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def default_home() -> Path:
+    """The interfaces' order: $UNIFIED_MFA_HOME, else the system or per-user directory."""
+    env = os.environ.get("UNIFIED_MFA_HOME")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/unified-mfa")
+    return Path.home() / ".local" / "share" / "unified-mfa"
+
+
+@dataclass(frozen=True)
+class TotpSettings:
+    algorithm: str = "SHA1"
+    digits: int = 6
+    period: int = 30
+    window: int = 1
+    issuer: str = "Unified MFA"
+
+    def params(self) -> TotpParams:
+        return TotpParams(algorithm=self.algorithm, digits=self.digits, period=self.period)
+
+
+@dataclass(frozen=True)
+class ThrottleSettings:
+    max_failures: int = 5
+    lockout: str = "5m"
+    max_lockout: str = "1h"
+
+
+@dataclass(frozen=True)
+class EnrollmentSettings:
+    token_ttl: str = "24h"  # noqa: S105 - a lifetime, not a secret
+    admin_reset_window: str = "24h"
+
+
+@dataclass(frozen=True)
+class DialogueSettings:
+    ttl: str = "3m"
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class BypassSettings:
+    ttl: str = "24h"
+    length: int = 10
+
+
+@dataclass(frozen=True)
+class PushSettings:
+    timeout: str = "60s"
+    max_per_window: int = 5
+    rate_window: str = "10m"
+    not_me_block: str = "30m"
+
+
+@dataclass(frozen=True)
+class ConfirmSettings:
+    ttl: str = "10m"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `unified-mfa.toml` may say; defaults are the safe choice."""
+
+    public_url: str = DEFAULT_PUBLIC_URL
+    store: str = ""
+    fail_mode: str = "secure"
+    totp: TotpSettings = field(default_factory=TotpSettings)
+    throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
+    enrollment: EnrollmentSettings = field(default_factory=EnrollmentSettings)
+    dialogue: DialogueSettings = field(default_factory=DialogueSettings)
+    bypass: BypassSettings = field(default_factory=BypassSettings)
+    push: PushSettings = field(default_factory=PushSettings)
+    confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
+
+    def __post_init__(self) -> None:
+        if self.fail_mode not in ("secure", "safe"):
+            raise ConfigError(f"fail_mode must be 'secure' or 'safe', not {self.fail_mode!r}")
+        if not self.public_url.startswith(("http://", "https://")):
+            raise ConfigError("public_url must start with http:// or https://")
+        if self.store and not self.store.startswith(("sqlite:", "postgresql:", "postgresql+")):
+            raise ConfigError("store must be a sqlite:/// or postgresql:// URL")
+        try:
+            self.totp.params()
+        except ValueError as exc:
+            raise ConfigError(f"[totp] {exc}") from None
+        if not 0 <= self.totp.window <= 5:
+            raise ConfigError("[totp] window must be between 0 and 5 steps")
+        if self.throttle.max_failures < 1 or self.dialogue.max_attempts < 1:
+            raise ConfigError("max_failures and max_attempts must be at least 1")
+        if not 8 <= self.bypass.length <= 20:
+            raise ConfigError("[bypass] length must be between 8 and 20 digits")
+        # Every text setting of these sections is a duration: check them all once, at load.
+        for section in (self.throttle, self.enrollment, self.dialogue, self.bypass, self.push,
+                        self.confirm):
+            for f in fields(section):
+                value = getattr(section, f.name)
+                if isinstance(value, str):
+                    parse_duration(value)
+
+    def seconds(self, duration: str) -> float:
+        return parse_duration(duration)
+
+
+def _build(cls: type[Any], data: dict[str, Any], where: str) -> Any:
+    """Build one dataclass from a TOML table, refusing unknown keys and wrong types."""
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        spec = known.get(key)
+        if spec is None:
+            raise ConfigError(f"unknown setting {where}{key}")
+        default = getattr(cls(), key)
+        if hasattr(default, "__dataclass_fields__"):
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{key}] must be a table")
+            kwargs[key] = _build(type(default), value, f"{key}.")
+            continue
+        # bool is a subclass of int: check it explicitly so `digits = true` is refused.
+        if type(value) is not type(default):
+            raise ConfigError(
+                f"setting {where}{key} must be {type(default).__name__}, not {type(value).__name__}"
+            )
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_settings(home: Path) -> Settings:
+    """Read the home's settings file; a missing file means all defaults, a bad one is an error."""
+    path = home / SETTINGS_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return Settings()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} does not parse: {exc}") from None
+    settings: Settings = _build(Settings, data, "")
+    return settings
+
+
+def store_url(home: Path, settings: Settings, override: str | None = None) -> str:
+    """The store URL: --store, else the `store` setting, else SQLite inside the home."""
+    if override:
+        return override
+    if settings.store:
+        return settings.store
+    return f"sqlite:///{home / SQLITE_FILE}"
+
+
+SETTINGS_TEMPLATE = """\
+# Unified MFA settings. Every key is described in docs/configuration.md.
+# Unknown keys are refused, so a typo cannot weaken a default.
+
+# Where devices and remote adapters reach `unified-mfa serve`; goes into enrollment QR codes.
+public_url = "{public_url}"
+
+# Empty: SQLite in this directory. Or a PostgreSQL URL: postgresql://user:pass@host/db
+store = "{store}"
+
+# What adapters do when the store is unreachable: "secure" (deny) or "safe" (allow, logged).
+fail_mode = "secure"
+
+[totp]
+algorithm = "SHA1"
+digits = 6
+period = 30
+window = 1
+issuer = "Unified MFA"
+
+[throttle]
+max_failures = 5
+lockout = "5m"
+max_lockout = "1h"
+"""
