@@ -1,0 +1,84 @@
+"""Shared fixtures: a frozen clock, a fresh home and store per test, SQLite and PostgreSQL.
+
+Every test that takes `mfa` runs twice: on SQLite and on PostgreSQL. `scripts/test` starts a
+throwaway PostgreSQL and exports UNIFIED_MFA_TEST_PG_URL; without it the PostgreSQL half fails
+loudly rather than being skipped, unless UNIFIED_MFA_TEST_SQLITE_ONLY=1 is set on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from pam_unified_mfa.core import MFA
+from pam_unified_mfa.home import init_home
+from pam_unified_mfa.settings import SETTINGS_FILE
+from pam_unified_mfa.store.database import normalise_url
+
+START = 1_800_000_000.0  # 2027-01-15, a fixed instant in the middle of a TOTP step
+
+
+class FakeClock:
+    """A clock tests move by hand, so time-based rules are tested without sleeping."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def _reset_postgres(url: str) -> None:
+    engine = create_engine(normalise_url(url))
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    url = os.environ.get("UNIFIED_MFA_TEST_PG_URL")
+    if not url:
+        if os.environ.get("UNIFIED_MFA_TEST_SQLITE_ONLY") == "1":
+            pytest.skip("UNIFIED_MFA_TEST_SQLITE_ONLY=1: PostgreSQL half not run")
+        pytest.fail("UNIFIED_MFA_TEST_PG_URL is not set: run the suite with ./scripts/test")
+    _reset_postgres(url)
+    return url
+
+
+@pytest.fixture
+def settings_extra() -> str:
+    """Override in a test module to append TOML to the generated settings file."""
+    return ""
+
+
+@pytest.fixture
+def home(tmp_path: Path, store_url: str, settings_extra: str) -> Path:
+    path = tmp_path / "home"
+    init_home(path, "https://mfa.example.test", store_url)
+    if settings_extra:
+        with (path / SETTINGS_FILE).open("a", encoding="utf-8") as handle:
+            handle.write("\n" + settings_extra + "\n")
+    return path
+
+
+@pytest.fixture
+def mfa(home: Path, store_url: str, clock: FakeClock) -> Iterator[MFA]:
+    core = MFA.open(home, store=store_url, clock=clock)
+    yield core
+    core.close()
