@@ -1,7 +1,6 @@
 """The shortest path through the core: enroll, confirm with the first code, log in."""
 
 from pam_unified_mfa.core import MFA
-
 from tests.helpers import code_for, enroll_confirmed, login
 
 
