@@ -25,6 +25,7 @@ from pam_unified_mfa.core.factors import (
     BYPASS,
     PROTECT_PUSH,
     TOTP_KINDS,
+    WORKING_KINDS,
     _resolve_kind,
     account_factors,
     create_enrollment,
@@ -106,6 +107,11 @@ def _methods(account: Account, session: Session, now: float) -> tuple[str, ...]:
     return tuple(methods)
 
 
+def _has_working(account: Account, session: Session, now: float) -> bool:
+    return any(f.kind in WORKING_KINDS and is_usable(f, now)
+               for f in account_factors(session, account, "active", "pending"))
+
+
 def _prompt_text(methods: tuple[str, ...]) -> str:
     return PROMPT_CODE_OR_PUSH if "push" in methods else PROMPT_CODE
 
@@ -151,14 +157,16 @@ def begin(session: Session, env: Env, username: str, ctx: RequestContext,
                      outcome="rejected", ctx=ctx, detail={"reason": "locked"})
         return Step(Outcome.REJECT, MSG_LOCKED)
     methods = _methods(account, session, now)
-    if methods:
+    may_enroll = enforcement == "enroll_at_login" or (
+        account.must_enroll_until is not None and account.must_enroll_until > now)
+    # Bypass codes alone do not make an enrollment: the user still gets the QR, and the
+    # enrollment step accepts a bypass code too.
+    if methods and not (may_enroll and not _has_working(account, session, now)):
         token = _new_dialogue(session, env, username, account, ctx, "ask")
         suggest = (policy.mode == "unified" and account.kind == "user"
                    and not on_unified(session, account))
         return Step(Outcome.PROMPT, _prompt_text(methods), token, methods,
                     suggest_unified=suggest, extra={"hint": HINT_UNIFIED} if suggest else {})
-    may_enroll = enforcement == "enroll_at_login" or (
-        account.must_enroll_until is not None and account.must_enroll_until > now)
     if not may_enroll:
         audit.record(session, now, actor=account.name, action="mfa.login", subject=account.name,
                      outcome="rejected", ctx=ctx, detail={"reason": "no_factor"})
@@ -209,6 +217,9 @@ def answer(session: Session, env: Env, token: str, reply: str, ctx: RequestConte
     account = session.get(Account, dialogue.account_id) if dialogue.account_id else None
     wants_push = reply.strip().lower() in ("", "push")
     if account is None:
+        # A decoy push that nobody can approve keeps unknown users looking like real ones (S06).
+        if wants_push and dialogue.state == "ask":
+            return start_push(session, env, dialogue, new_token, ctx)
         decoy_check(env, reply)
         return _after_failure(session, env, dialogue, new_token, DECOY_METHODS)
     methods = _methods(account, session, env.clock())

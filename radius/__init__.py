@@ -1,0 +1,1 @@
+"""RADIUS responder for VPN gateways: maps Access-Request/Challenge onto the core dialogue."""

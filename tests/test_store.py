@@ -1,0 +1,67 @@
+"""The store: migrations describe exactly the models, SQLite runs in WAL mode, and a dead
+database surfaces as StoreUnavailable rather than as a wrong answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+
+from pam_unified_mfa.errors import ConfigError, StoreUnavailable
+from pam_unified_mfa.store import Store
+from pam_unified_mfa.store.database import normalise_url
+from pam_unified_mfa.store.models import Base
+
+
+def test_migrations_create_exactly_the_model_schema(store_url: str) -> None:
+    store = Store(store_url)
+    store.migrate()
+    with store.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    store.dispose()
+    assert diff == []
+
+
+def test_migrating_twice_changes_nothing(store_url: str) -> None:
+    store = Store(store_url)
+    store.migrate()
+    store.migrate()
+    with store.engine.connect() as connection:
+        version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    store.dispose()
+    assert version is not None
+
+
+def test_sqlite_store_uses_write_ahead_logging(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'wal.db'}")
+    store.migrate()
+    with store.engine.connect() as connection:
+        mode = connection.execute(text("PRAGMA journal_mode")).scalar()
+    store.dispose()
+    assert mode == "wal"
+
+
+def test_plain_postgresql_urls_use_psycopg3() -> None:
+    assert normalise_url("postgresql://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
+
+
+def test_other_database_urls_are_refused() -> None:
+    with pytest.raises(ConfigError):
+        normalise_url("mysql://u:p@h/db")
+
+
+def test_unreachable_postgresql_raises_store_unavailable() -> None:
+    store = Store("postgresql://nobody:nothing@127.0.0.1:1/none")
+    with pytest.raises(StoreUnavailable), store.session() as session:
+        session.execute(text("SELECT 1"))
+    store.dispose()
+
+
+def test_unreachable_store_fails_migration_with_store_unavailable(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}")
+    with pytest.raises(StoreUnavailable):
+        store.migrate()
+    store.dispose()
