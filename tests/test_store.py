@@ -65,3 +65,14 @@ def test_unreachable_store_fails_migration_with_store_unavailable(tmp_path: Path
     with pytest.raises(StoreUnavailable):
         store.migrate()
     store.dispose()
+
+
+def test_schema_head_constant_is_alembics_head() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from pam_unified_mfa.store.database import MIGRATIONS, SCHEMA_HEAD
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_HEAD

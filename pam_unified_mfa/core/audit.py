@@ -25,7 +25,7 @@ DETAIL_KEYS = frozenset({
     "enrollment", "method", "attempts", "locked_for", "confirmation", "role", "state", "ttl",
     "migrated", "retired", "service", "fail_mode", "enforcement", "group", "admin", "linked",
 })
-_SAFE_TEXT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:@/ -]{0,127}$")
+_SAFE_TEXT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.,:@/ -]{0,255}$")
 
 Detail = Mapping[str, str | int | bool | float | None]
 

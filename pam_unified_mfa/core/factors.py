@@ -349,7 +349,7 @@ def admin_reset(
     ids = sorted(f.id for f in targets)
     audit.record(session, now, actor=actor, action="factor.reset", subject=account.name,
                  outcome="must_enroll", ctx=ctx,
-                 detail={"factors": ",".join(ids) or None, "admin": actor})
+                 detail={"factors": ",".join(ids) or None})
     return ids
 
 
