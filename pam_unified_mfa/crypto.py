@@ -334,12 +334,29 @@ class Keyring:
         leaves this keyring and the file in agreement.
         """
         with self._lock:
+            # Keep keys another process added meanwhile: dropping one would lose its secrets.
+            with contextlib.suppress(KeyFileError):
+                self._keys = {**Keyring.load(self._path)._keys, **self._keys}
             key = _new_key(set(self._keys))
             keys = {**self._keys, key.kid: key}
             self._persist(key.kid, keys)
             self._keys = keys
             self._active = key.kid
             return key.kid
+
+    def _pick_up_new_keys(self) -> None:
+        """Merge keys another process added to the file (a `key rotate` while a server runs).
+
+        The file's active key becomes this keyring's too. An unreadable file changes nothing:
+        the caller then reports the key id as unknown, as before.
+        """
+        try:
+            fresh = Keyring.load(self._path)
+        except KeyFileError:
+            return
+        with self._lock:
+            self._keys = {**fresh._keys, **self._keys}
+            self._active = fresh._active
 
     # -- encryption ----------------------------------------------------------
 
@@ -353,6 +370,8 @@ class Keyring:
     def decrypt(self, token: str, context: str) -> bytes:
         """Open a token; any failure is a DecryptError, never partial or unauthenticated data."""
         kid, blob = self._split(token)
+        if kid not in self._keys:
+            self._pick_up_new_keys()
         key = self._keys.get(kid)
         if key is None:
             raise DecryptError(f"token was sealed with unknown key id {kid!r}")
@@ -412,6 +431,8 @@ class Keyring:
     def verify_mac(self, data: bytes, purpose: str, stored: str) -> bool:
         """Check ``data`` against a stored MAC in constant time; unusable input is just False."""
         kid, sep, digest = stored.partition(".")
+        if sep and kid not in self._keys and _KID_RE.fullmatch(kid):
+            self._pick_up_new_keys()
         if not sep or kid not in self._keys or not _HEX_MAC_RE.fullmatch(digest):
             return False
         return hmac.compare_digest(self._mac_hex(kid, data, purpose), digest)

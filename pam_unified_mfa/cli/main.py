@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pam_unified_mfa.core import MFA, Outcome, UserView
 from pam_unified_mfa.core.accounts import ENFORCEMENTS
@@ -32,6 +32,13 @@ EXIT_ERROR = 2
 
 class CommandError(UnifiedMFAError):
     """A usage problem found after parsing (e.g. a binary QR format sent to a terminal)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr too, like every other failure (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _when(ts: float | None) -> str:
@@ -91,7 +98,10 @@ def _write_enrollment(args: argparse.Namespace, result: EnrollResult) -> None:
     fmt: str = args.format
     payload = render(result.uri, fmt)
     if args.output:
-        Path(args.output).write_bytes(payload)
+        try:
+            Path(args.output).write_bytes(payload)
+        except OSError as exc:
+            raise CommandError(f"cannot write {args.output}: {exc.strerror}") from None
     data = {"user": result.account, "kind": result.kind, "uri": result.uri,
             "factors": list(result.factor_ids), "expires_at": result.expires_at,
             "output": args.output}
@@ -366,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="machine-readable output")
 
-    parser = argparse.ArgumentParser(prog="unified-mfa", parents=[common],
+    parser = _Parser(prog="unified-mfa", parents=[common],
                                      description="Unified MFA: admin and service commands")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -25,7 +25,7 @@ DETAIL_KEYS = frozenset({
     "enrollment", "method", "attempts", "locked_for", "confirmation", "role", "state", "ttl",
     "migrated", "retired", "service", "fail_mode", "enforcement", "group", "admin", "linked",
 })
-_SAFE_TEXT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.,:@/ -]{0,255}$")
+_SAFE_TEXT = re.compile(r"^[a-z_][a-z0-9_.,:@/ -]{0,255}$")
 
 Detail = Mapping[str, str | int | bool | float | None]
 
@@ -46,7 +46,8 @@ def _check_detail(detail: Detail) -> str:
     for key, value in detail.items():
         if key not in DETAIL_KEYS:
             raise ValueError(f"audit detail key {key!r} is not allowed")
-        # Free text must start with a letter: codes and seeds (digits, base32) cannot pass.
+        # Identifiers only: lower case and starting with a letter, so neither a code (digits)
+        # nor a seed (upper-case base32) can pass.
         if isinstance(value, str) and value and not _SAFE_TEXT.match(value):
             raise ValueError(f"audit detail {key!r} holds text that is not an identifier")
     return json.dumps(dict(detail), sort_keys=True)

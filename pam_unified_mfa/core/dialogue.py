@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
-from pam_unified_mfa.core import audit
+from pam_unified_mfa.core import audit, push
 from pam_unified_mfa.core.accounts import effective_enforcement, find_account, new_id
 from pam_unified_mfa.core.context import RequestContext
 from pam_unified_mfa.core.env import Env
@@ -34,7 +34,7 @@ from pam_unified_mfa.core.factors import (
     token_hash,
 )
 from pam_unified_mfa.core.orgpolicy import get_policy
-from pam_unified_mfa.core.verification import check_code, decoy_check, is_locked
+from pam_unified_mfa.core.verification import check_code, decoy_check, is_locked, record_success
 from pam_unified_mfa.store.models import Account, Dialogue
 
 TOKEN_BYTES = 24  # 32 characters: unguessable, and fits a RADIUS State attribute (<= 253 octets)
@@ -108,8 +108,10 @@ def _methods(account: Account, session: Session, now: float) -> tuple[str, ...]:
 
 
 def _has_working(account: Account, session: Session, now: float) -> bool:
+    """Confirmed push/TOTP only: a user who may enroll gets a fresh QR at every login until
+    one is confirmed, even if an earlier one was shown and abandoned."""
     return any(f.kind in WORKING_KINDS and is_usable(f, now)
-               for f in account_factors(session, account, "active", "pending"))
+               for f in account_factors(session, account, "active"))
 
 
 def _prompt_text(methods: tuple[str, ...]) -> str:
@@ -131,8 +133,11 @@ def _new_dialogue(
     return token
 
 
-def _finish(session: Session, dialogue: Dialogue | None, step: Step) -> Step:
+def _finish(session: Session, env: Env, dialogue: Dialogue | None, step: Step) -> Step:
+    """End the dialogue; a push still open on the device is withdrawn."""
     if dialogue is not None:
+        if dialogue.state == "push":
+            push.cancel(session, dialogue.id, env.clock())
         session.delete(dialogue)
     return step
 
@@ -219,20 +224,20 @@ def answer(session: Session, env: Env, token: str, reply: str, ctx: RequestConte
     if account is None:
         # A decoy push that nobody can approve keeps unknown users looking like real ones (S06).
         if wants_push and dialogue.state == "ask":
-            return start_push(session, env, dialogue, new_token, ctx)
+            return start_push(session, env, dialogue, None, new_token, ctx)
         decoy_check(env, reply)
         return _after_failure(session, env, dialogue, new_token, DECOY_METHODS)
     methods = _methods(account, session, env.clock())
     if wants_push and dialogue.state == "ask" and "push" in methods:
-        return start_push(session, env, dialogue, new_token, ctx)
+        return start_push(session, env, dialogue, account, new_token, ctx)
     result = check_code(session, env, account, reply, ctx)
     if result.accepted:
-        return _finish(session, dialogue, Step(Outcome.ACCEPT, "Access granted"))
+        return _finish(session, env, dialogue, Step(Outcome.ACCEPT, "Access granted"))
     if result.reason == "locked":
-        return _finish(session, dialogue, Step(Outcome.REJECT, MSG_LOCKED))
+        return _finish(session, env, dialogue, Step(Outcome.REJECT, MSG_LOCKED))
     session.refresh(account)
     if is_locked(account, env.clock()):
-        return _finish(session, dialogue, Step(Outcome.REJECT, MSG_LOCKED))
+        return _finish(session, env, dialogue, Step(Outcome.REJECT, MSG_LOCKED))
     return _after_failure(session, env, dialogue, new_token, methods or ("code",))
 
 
@@ -240,43 +245,70 @@ def _after_failure(session: Session, env: Env, dialogue: Dialogue, token: str,
                    methods: tuple[str, ...]) -> Step:
     dialogue.attempts += 1
     if dialogue.attempts >= env.settings.dialogue.max_attempts:
-        return _finish(session, dialogue, Step(Outcome.REJECT, MSG_DENIED))
+        return _finish(session, env, dialogue, Step(Outcome.REJECT, MSG_DENIED))
     if dialogue.state == "enroll":
         methods = ("code",)
     return Step(Outcome.PROMPT, f"{MSG_WRONG}. {_prompt_text(methods)}", token, methods)
 
 
-def start_push(session: Session, env: Env, dialogue: Dialogue, token: str,
-               ctx: RequestContext) -> Step:
-    """Move to the pending-push state: a number to match on the device and a deadline (S03).
+def start_push(session: Session, env: Env, dialogue: Dialogue, account: Account | None,
+               token: str, ctx: RequestContext) -> Step:
+    """Send a push and wait: the login screen shows the number to pick on the device (S03).
 
-    Delivery to the device and its signed answer belong to the push service; the dialogue only
-    keeps the number and the deadline, so every adapter can already show and wait on it.
+    A refused push (rate limit or "not me" block, S04) leaves the dialogue asking for a code.
+    An unknown user gets a decoy push that nobody can approve (S06).
     """
     now = env.clock()
+    if account is not None:
+        challenge = push.start(session, env, account, dialogue.id, ctx)
+        if isinstance(challenge, str):
+            return Step(Outcome.PROMPT, challenge, token, ("code",))
+        number, deadline = challenge.number, challenge.expires_at
+    else:
+        number = f"{secrets.randbelow(90) + 10}"
+        deadline = now + env.seconds(env.settings.push.timeout)
     dialogue.state = "push"
-    dialogue.push_number = f"{secrets.randbelow(90) + 10}"
-    dialogue.push_deadline = now + env.seconds(env.settings.push.timeout)
-    dialogue.expires_at = max(dialogue.expires_at, dialogue.push_deadline)
+    dialogue.push_number = number
+    dialogue.push_deadline = deadline
+    dialogue.expires_at = max(dialogue.expires_at, deadline)
     return Step(Outcome.PUSH_PENDING,
-                f"Approve the push on your device; it shows the number {dialogue.push_number}",
-                token, ("code",), push_number=dialogue.push_number,
-                deadline=dialogue.push_deadline)
+                f"Approve the push on your device by choosing the number {number}",
+                token, ("code",), push_number=number, deadline=deadline)
+
+
+_PUSH_ENDINGS = {
+    "denied": "The push was denied",
+    "denied_not_me": "The push was denied",
+    "wrong_number": "The wrong number was chosen on the device",
+}
 
 
 def poll(session: Session, env: Env, token: str, ctx: RequestContext) -> Step:
-    """Follow a pending push without spending the token; it ends at the deadline."""
+    """Follow a pending push without spending the token; it ends at the decision or deadline."""
     dialogue, _ = _claim(session, env, token, ctx, rotate=False)
     if dialogue is None:
         return Step(Outcome.REJECT, MSG_EXPIRED)
     now = env.clock()
     if dialogue.state != "push" or dialogue.push_deadline is None:
         return Step(Outcome.PROMPT, _prompt_text(("code",)), token, ("code",))
+    challenge = push.status_for_dialogue(session, dialogue.id) if dialogue.account_id else None
+    if challenge is not None and challenge.status == "approved":
+        account = session.get(Account, dialogue.account_id)
+        if account is not None:
+            record_success(session, account)
+        audit.record(session, now, actor=dialogue.username, action="mfa.login",
+                     subject=dialogue.username, outcome="accepted", ctx=ctx,
+                     detail={"method": "push", "factor": challenge.factor_id})
+        return _finish(session, env, dialogue, Step(Outcome.ACCEPT, "Access granted"))
+    if challenge is not None and challenge.status in _PUSH_ENDINGS:
+        return _finish(session, env, dialogue, Step(Outcome.REJECT, _PUSH_ENDINGS[challenge.status]))
     if dialogue.push_deadline <= now:
         if dialogue.account_id:
+            push.expire(session, dialogue.id, now)
             audit.record(session, now, actor=dialogue.username, action="mfa.push",
                          subject=dialogue.username, outcome="expired", ctx=ctx)
-        return _finish(session, dialogue, Step(Outcome.REJECT, "The push request expired"))
-    return Step(Outcome.PUSH_PENDING, f"Waiting for approval of number {dialogue.push_number}",
+        return _finish(session, env, dialogue, Step(Outcome.REJECT, "The push request expired"))
+    return Step(Outcome.PUSH_PENDING,
+                f"Waiting for approval: choose the number {dialogue.push_number} on your device",
                 token, ("code",), push_number=dialogue.push_number,
                 deadline=dialogue.push_deadline)

@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pam_unified_mfa.core import accounts, audit, dialogue, factors
+from pam_unified_mfa.core import accounts, audit, dialogue, factors, push
 from pam_unified_mfa.core import policy as org_policy
 from pam_unified_mfa.core.context import CLI, RequestContext
 from pam_unified_mfa.core.dialogue import MSG_UNAVAILABLE, Outcome, Step
@@ -164,8 +164,8 @@ class MFA:
                    ctx: RequestContext = CLI) -> None:
         with self._tx() as s:
             accounts.join_group(s, accounts.get_user(s, name), group)
-            audit.record(s, self.env.clock(), actor=actor, action="group.join", subject=name,
-                         outcome="joined", ctx=ctx, detail={"group": group})
+            audit.record(s, self.env.clock(), actor=actor, action="group.join",
+                         subject=f"{name} in {group}", outcome="joined", ctx=ctx)
 
     def add_admin(self, name: str, roles: tuple[str, ...] = (), linked_user: str | None = None,
                   actor: str = "cli", ctx: RequestContext = CLI) -> accounts.AdminView:
@@ -237,6 +237,23 @@ class MFA:
                 DeviceMessage.factor_id == factor_id, DeviceMessage.delivered_at.is_(None)))
             return [{"id": m.id, "kind": m.kind, "payload": self.env.keyring.decrypt(
                 m.payload, f"device_message:{m.id}").decode()} for m in rows]
+
+    # -- push devices ---------------------------------------------------------------------------
+
+    def register_device(self, token: str, public_key_pem: str,
+                        ctx: RequestContext = CLI) -> push.Registration:
+        """The Protect app's scan: binds its key to the enrollment's push factor (R05)."""
+        with self._tx() as s:
+            return push.register_device(s, self.env, token, public_key_pem, ctx)
+
+    def pending_pushes(self, factor_id: str) -> list[push.PushView]:
+        with self._tx() as s:
+            return push.pending_for_device(s, self.env, factor_id)
+
+    def answer_push(self, signed: str, ctx: RequestContext = CLI) -> str:
+        """A device's signed approve/deny (S03); returns the challenge's new status."""
+        with self._tx() as s:
+            return push.answer(s, self.env, signed, ctx)
 
     # -- organisation policy ------------------------------------------------------------------
 

@@ -174,6 +174,5 @@ def check_code(
         confirm(session, env, matched, ctx)
     audit.record(session, now, actor=account.name, action="mfa.code", subject=account.name,
                  outcome="accepted", ctx=ctx,
-                 detail={"factor": matched.id, "kind": matched.kind,
-                         "service": ctx.service or None})
+                 detail={"factor": matched.id, "kind": matched.kind})
     return CodeCheck(True, "ok", matched.id, matched.kind)

@@ -171,3 +171,23 @@ class AuditRecord(Base):
     adapter: Mapped[str] = mapped_column(String(32))
     client: Mapped[str] = mapped_column(String(255))
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class PushChallenge(Base):
+    """One push request: shown on the device, answered once with the device's signature (S03)."""
+
+    __tablename__ = "push_challenges"
+    __table_args__ = (Index("ix_push_account_created", "account_id", "created_at"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    dialogue_id: Mapped[str] = mapped_column(String(32), index=True)
+    number: Mapped[str] = mapped_column(String(8))
+    choices: Mapped[str] = mapped_column(String(32))
+    service: Mapped[str] = mapped_column(String(255))
+    adapter: Mapped[str] = mapped_column(String(32))
+    client: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    decided_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    factor_id: Mapped[str | None] = mapped_column(String(32), nullable=True)

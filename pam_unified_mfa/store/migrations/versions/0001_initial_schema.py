@@ -174,15 +174,27 @@ def upgrade() -> None:
     op.bulk_insert(
         sa.table(
             "org_policy",
-            sa.column("id", sa.Integer()), sa.column("mode", sa.String()),
-            sa.column("totp_source", sa.String()), sa.column("push_enabled", sa.Boolean()),
+            sa.column("id", sa.Integer()),
+            sa.column("mode", sa.String()),
+            sa.column("totp_source", sa.String()),
+            sa.column("push_enabled", sa.Boolean()),
             sa.column("totp_enabled", sa.Boolean()),
-            sa.column("default_enforcement", sa.String()), sa.column("version", sa.Integer()),
+            sa.column("default_enforcement", sa.String()),
+            sa.column("version", sa.Integer()),
             sa.column("updated_at", sa.Float()),
         ),
-        [{"id": 1, "mode": "separated", "totp_source": "protect", "push_enabled": True,
-          "totp_enabled": True, "default_enforcement": "required", "version": 1,
-          "updated_at": 0.0}],
+        [
+            {
+                "id": 1,
+                "mode": "separated",
+                "totp_source": "protect",
+                "push_enabled": True,
+                "totp_enabled": True,
+                "default_enforcement": "required",
+                "version": 1,
+                "updated_at": 0.0,
+            }
+        ],
     )
 
 

@@ -1,0 +1,221 @@
+"""The MFA dialogue every adapter drives after the first factor, as a state machine.
+
+`begin` opens a dialogue and hands out an opaque token; every answer spends that token and a
+continuing step carries a fresh one. Tokens are single use, bound to the adapter and client
+that began the dialogue, expire after `[dialogue] ttl`, and fit a RADIUS State attribute. A
+dialogue allows `[dialogue] max_attempts` wrong answers, the last of them final. `push` from a
+user without a push device is just a wrong code. Admin-issued bypass codes work once and
+expire; exempt users are accepted at `begin`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pam_unified_mfa.core import MFA, Outcome, RequestContext, Step
+from pam_unified_mfa.core.dialogue import MSG_DENIED, MSG_EXPIRED, MSG_WRONG
+from tests.conftest import FakeClock
+from tests.helpers import code_for, enroll_confirmed, login
+
+RADIUS_STATE_MAX = 253  # octets in a RADIUS State attribute
+NAS = RequestContext(adapter="radius", client="10.0.0.1")
+
+
+def wrong_code(mfa: MFA, uri: str) -> str:
+    """A well-formed code that matches no time step the core would accept right now."""
+    reach = mfa.settings.totp.window + 1
+    valid = {code_for(mfa, uri, k) for k in range(-reach, reach + 1)}
+    number = 0
+    while f"{number:06d}" in valid:
+        number += 1
+    return f"{number:06d}"
+
+
+def enrolled(mfa: MFA, name: str = "alice") -> str:
+    """A user with a confirmed TOTP factor; returns the enrollment URI."""
+    mfa.add_user(name)
+    return enroll_confirmed(mfa, name).uri
+
+
+def begun(mfa: MFA, name: str = "alice", ctx: RequestContext = NAS) -> str:
+    step = mfa.begin(name, ctx)
+    assert step.outcome is Outcome.PROMPT
+    assert step.token is not None
+    return step.token
+
+
+def is_expired(step: Step) -> bool:
+    return step.outcome is Outcome.REJECT and step.message == MSG_EXPIRED
+
+
+# -- tokens ----------------------------------------------------------------------------------
+
+
+def test_a_spent_token_is_rejected_as_expired(mfa: MFA) -> None:
+    uri = enrolled(mfa)
+    first = begun(mfa)
+    retry = mfa.answer(first, wrong_code(mfa, uri), NAS)
+    assert retry.outcome is Outcome.PROMPT
+    assert is_expired(mfa.answer(first, code_for(mfa, uri), NAS))
+
+
+def test_the_token_of_an_accepted_dialogue_cannot_be_used_again(
+    mfa: MFA, clock: FakeClock,
+) -> None:
+    uri = enrolled(mfa)
+    token = begun(mfa)
+    assert mfa.answer(token, code_for(mfa, uri), NAS).outcome is Outcome.ACCEPT
+    clock.advance(30)
+    assert is_expired(mfa.answer(token, code_for(mfa, uri), NAS))
+
+
+def test_an_unknown_token_is_rejected_as_expired(mfa: MFA) -> None:
+    uri = enrolled(mfa)
+    assert is_expired(mfa.answer("no-such-token", code_for(mfa, uri), NAS))
+
+
+def test_a_token_is_bound_to_the_client_that_began_the_dialogue(mfa: MFA) -> None:
+    uri = enrolled(mfa)
+    token = begun(mfa)
+    other_client = RequestContext(adapter="radius", client="10.0.0.2")
+    assert is_expired(mfa.answer(token, code_for(mfa, uri), other_client))
+
+
+def test_a_token_is_bound_to_the_adapter_that_began_the_dialogue(mfa: MFA) -> None:
+    uri = enrolled(mfa)
+    token = begun(mfa)
+    other_adapter = RequestContext(adapter="keycloak", client=NAS.client)
+    assert is_expired(mfa.answer(token, code_for(mfa, uri), other_adapter))
+
+
+def test_a_token_expires_after_the_dialogue_ttl(mfa: MFA, clock: FakeClock) -> None:
+    uri = enrolled(mfa)
+    token = begun(mfa)
+    clock.advance(mfa.env.seconds(mfa.settings.dialogue.ttl))
+    assert is_expired(mfa.answer(token, code_for(mfa, uri), NAS))
+
+
+def test_a_token_works_until_just_before_the_dialogue_ttl(mfa: MFA, clock: FakeClock) -> None:
+    uri = enrolled(mfa)
+    token = begun(mfa)
+    clock.advance(mfa.env.seconds(mfa.settings.dialogue.ttl) - 1)
+    assert mfa.answer(token, code_for(mfa, uri), NAS).outcome is Outcome.ACCEPT
+
+
+def test_tokens_fit_a_radius_state_and_differ_at_every_step(mfa: MFA) -> None:
+    uri = enrolled(mfa)
+    tokens = [begun(mfa), begun(mfa)]
+    for _ in range(mfa.settings.dialogue.max_attempts - 1):
+        step = mfa.answer(tokens[-1], wrong_code(mfa, uri), NAS)
+        assert step.token is not None
+        tokens.append(step.token)
+    assert all(len(token.encode()) <= RADIUS_STATE_MAX for token in tokens)
+    assert len(set(tokens)) == len(tokens)
+
+
+# -- attempts --------------------------------------------------------------------------------
+
+
+def test_after_a_wrong_code_the_prompt_carries_a_fresh_token_that_works(mfa: MFA) -> None:
+    uri = enrolled(mfa)
+    first = begun(mfa)
+    retry = mfa.answer(first, wrong_code(mfa, uri), NAS)
+    assert retry.outcome is Outcome.PROMPT
+    assert retry.message.startswith(MSG_WRONG)
+    assert retry.token is not None and retry.token != first
+    assert mfa.answer(retry.token, code_for(mfa, uri), NAS).outcome is Outcome.ACCEPT
+
+
+def test_the_last_allowed_wrong_code_ends_the_dialogue(mfa: MFA) -> None:
+    uri = enrolled(mfa)
+    token: str | None = begun(mfa)
+    tokens: list[str] = []
+    steps: list[Step] = []
+    for _ in range(mfa.settings.dialogue.max_attempts):
+        assert token is not None
+        tokens.append(token)
+        steps.append(mfa.answer(token, wrong_code(mfa, uri), NAS))
+        token = steps[-1].token
+    assert [s.outcome for s in steps[:-1]] == [Outcome.PROMPT] * (len(steps) - 1)
+    assert steps[-1].outcome is Outcome.REJECT
+    assert steps[-1].message == MSG_DENIED
+    assert steps[-1].token is None
+    # Final: no token of the dialogue takes even a correct code now.
+    assert all(is_expired(mfa.answer(t, code_for(mfa, uri), NAS)) for t in tokens)
+
+
+@pytest.mark.parametrize("reply", ["push", ""])
+def test_asking_for_push_without_a_push_device_counts_as_a_wrong_code(
+    mfa: MFA, reply: str,
+) -> None:
+    enrolled(mfa)
+    started = mfa.begin("alice", NAS)
+    assert started.methods == ("code",) and started.token is not None
+    step = mfa.answer(started.token, reply, NAS)
+    assert step.outcome is Outcome.PROMPT
+    assert step.message.startswith(MSG_WRONG)
+    rejected = [e for e in mfa.audit_tail(100)
+                if e.action == "mfa.code" and e.outcome == "rejected"]
+    assert len(rejected) == 1
+
+
+# -- bypass codes ----------------------------------------------------------------------------
+
+
+def test_a_bypass_code_is_accepted_once(mfa: MFA) -> None:
+    enrolled(mfa)
+    mfa.add_admin("boss")
+    (code,) = mfa.issue_bypass("alice", "boss")
+    assert login(mfa, "alice", code, NAS)
+    assert not login(mfa, "alice", code, NAS)
+
+
+def test_a_bypass_code_expires_after_its_ttl(mfa: MFA, clock: FakeClock) -> None:
+    enrolled(mfa)
+    mfa.add_admin("boss")
+    (code,) = mfa.issue_bypass("alice", "boss")
+    clock.advance(mfa.env.seconds(mfa.settings.bypass.ttl))
+    assert not login(mfa, "alice", code, NAS)
+
+
+def test_a_bypass_code_with_its_own_ttl_works_until_then(mfa: MFA, clock: FakeClock) -> None:
+    enrolled(mfa)
+    mfa.add_admin("boss")
+    first, second = mfa.issue_bypass("alice", "boss", count=2, ttl=3600)
+    clock.advance(3599)
+    assert login(mfa, "alice", first, NAS)
+    clock.advance(1)
+    assert not login(mfa, "alice", second, NAS)
+
+
+def test_a_bypass_code_lets_a_user_without_other_factors_in(mfa: MFA) -> None:
+    mfa.add_user("alice")
+    mfa.add_admin("boss")
+    (code,) = mfa.issue_bypass("alice", "boss")
+    started = mfa.begin("alice", NAS)
+    assert started.methods == ("code",) and started.token is not None
+    assert mfa.answer(started.token, code, NAS).outcome is Outcome.ACCEPT
+
+
+# -- exempt users ----------------------------------------------------------------------------
+
+
+def test_an_exempt_user_is_accepted_at_begin(mfa: MFA) -> None:
+    mfa.add_user("alice")
+    mfa.set_enforcement("alice", "exempt")
+    step = mfa.begin("alice", NAS)
+    assert step.outcome is Outcome.ACCEPT
+    assert step.token is None and step.granted
+
+
+def test_a_member_of_an_exempt_group_is_accepted_at_begin(mfa: MFA) -> None:
+    mfa.add_user("alice", groups=("service-accounts",))
+    mfa.set_enforcement("service-accounts", "exempt", group=True)
+    assert mfa.begin("alice", NAS).outcome is Outcome.ACCEPT
+
+
+def test_a_user_who_is_not_exempt_and_has_no_factor_is_rejected_at_begin(mfa: MFA) -> None:
+    mfa.add_user("alice")
+    step = mfa.begin("alice", NAS)
+    assert step.outcome is Outcome.REJECT
+    assert not step.granted
