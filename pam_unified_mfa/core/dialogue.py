@@ -301,7 +301,8 @@ def poll(session: Session, env: Env, token: str, ctx: RequestContext) -> Step:
                      detail={"method": "push", "factor": challenge.factor_id})
         return _finish(session, env, dialogue, Step(Outcome.ACCEPT, "Access granted"))
     if challenge is not None and challenge.status in _PUSH_ENDINGS:
-        return _finish(session, env, dialogue, Step(Outcome.REJECT, _PUSH_ENDINGS[challenge.status]))
+        ending = Step(Outcome.REJECT, _PUSH_ENDINGS[challenge.status])
+        return _finish(session, env, dialogue, ending)
     if dialogue.push_deadline <= now:
         if dialogue.account_id:
             push.expire(session, dialogue.id, now)
