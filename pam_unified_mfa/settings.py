@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pam_unified_mfa.errors import ConfigError
 from pam_unified_mfa.totp import TotpParams
@@ -31,6 +33,19 @@ def parse_duration(text: str) -> float:
     if not match:
         raise ConfigError(f"invalid duration {text!r}: a whole number with ms, s, m, h or d")
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _check_public_url(url: str) -> None:
+    """The public URL goes into push enrollment QR codes: refuse what they could not carry."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        host = None
+    if not host or not all(0x21 <= ord(ch) <= 0x7E for ch in url):
+        raise ConfigError("public_url must be an ASCII http(s) URL with a host and no spaces")
+    if parts.username is not None or parts.password is not None or "#" in url:
+        raise ConfigError("public_url must not hold credentials or a #fragment")
 
 
 def default_home() -> Path:
@@ -113,6 +128,7 @@ class Settings:
             raise ConfigError(f"fail_mode must be 'secure' or 'safe', not {self.fail_mode!r}")
         if not self.public_url.startswith(("http://", "https://")):
             raise ConfigError("public_url must start with http:// or https://")
+        _check_public_url(self.public_url)
         if self.store and not self.store.startswith(("sqlite:", "postgresql:", "postgresql+")):
             raise ConfigError("store must be a sqlite:/// or postgresql:// URL")
         try:
@@ -121,6 +137,13 @@ class Settings:
             raise ConfigError(f"[totp] {exc}") from None
         if not 0 <= self.totp.window <= 5:
             raise ConfigError("[totp] window must be between 0 and 5 steps")
+        issuer = self.totp.issuer
+        # The issuer goes into every enrollment URI, whose label is "issuer:account".
+        if not issuer.strip() or issuer != issuer.strip() or ":" in issuer or any(
+            unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in issuer
+        ):
+            raise ConfigError("[totp] issuer must be non-empty text without ':', control "
+                              "characters or surrounding spaces")
         if self.throttle.max_failures < 1 or self.dialogue.max_attempts < 1:
             raise ConfigError("max_failures and max_attempts must be at least 1")
         if not 8 <= self.bypass.length <= 20:

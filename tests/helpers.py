@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from pam_unified_mfa import totp
 from pam_unified_mfa.core import MFA, Outcome
 from pam_unified_mfa.core.context import RequestContext
@@ -36,3 +40,38 @@ def enroll_confirmed(mfa: MFA, user: str, kind: str | None = None) -> EnrollResu
         # Move to the next step so the test's next code is not a replay of this one (S01).
         mfa.env.clock.advance(30)  # type: ignore[attr-defined]
     return result
+
+
+def wrong_code(mfa: MFA, uri: str) -> str:
+    """A well-formed code that matches no time step the core would accept right now."""
+    reach = mfa.settings.totp.window + 1
+    valid = {code_for(mfa, uri, k) for k in range(-reach, reach + 1)}
+    number = 0
+    while f"{number:06d}" in valid:
+        number += 1
+    return f"{number:06d}"
+
+
+class Device:
+    """A minimal Protect app: a key pair registered from an enrollment URI, signing answers."""
+
+    def __init__(self, mfa: MFA, uri: str) -> None:
+        self.key = Ed25519PrivateKey.generate()
+        pem = self.key.public_key().public_bytes(Encoding.PEM,
+                                                 PublicFormat.SubjectPublicKeyInfo).decode()
+        enrollment = parse_uri(uri)
+        assert enrollment.token is not None
+        self.token = enrollment.token
+        self.factor_id = mfa.register_device(enrollment.token, pem).factor_id
+        self.mfa = mfa
+
+    def sign(self, challenge: str, decision: str, key: Ed25519PrivateKey | None = None,
+             **claims: object) -> str:
+        body = {"sub": challenge, "decision": decision, "iat": int(self.mfa.env.clock()),
+                **claims}
+        return jwt.encode(body, key or self.key, algorithm="EdDSA",
+                          headers={"kid": self.factor_id})
+
+    def approve(self, number: str) -> str:
+        challenge = self.mfa.pending_pushes(self.factor_id)[0].id
+        return self.mfa.answer_push(self.sign(challenge, "approve", number=number))

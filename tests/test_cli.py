@@ -290,6 +290,18 @@ def test_a_settings_value_of_the_wrong_type_is_refused(ready: Cli) -> None:
     assert_refused(ready("user", "list"), 2, "throttle.max_failures")
 
 
+def test_settings_that_would_break_enrollment_qr_codes_are_refused(ready: Cli) -> None:
+    with ready.core() as mfa:
+        mfa.add_user("alice")
+    settings = ready.home / SETTINGS_FILE
+    settings.write_text(settings.read_text().replace('issuer = "Unified MFA"',
+                                                     'issuer = "Acme: VPN"'))
+
+    assert_refused(ready("init", "--public-url", "https://ops:pw@mfa.example.test"), 2,
+                   "public_url")
+    assert_refused(ready("enroll", "alice"), 2, "issuer")
+
+
 # -- enrollment output -------------------------------------------------------------------------
 
 
@@ -446,6 +458,7 @@ def test_every_error_path_prints_one_line_and_exits_2(ready: Cli) -> None:
         ("policy", "merge", "--as", "nobody", "--yes"): "nobody",
         ("bypass", "issue", "nobody", "--as", "nobody"): "nobody",
         ("auth", "alice"): "--code",
+        ("audit", "tail", "-n", "-1"): "-n",
         ("no-such-command",): "no-such-command",
         ("user", "add"): "name",
     }

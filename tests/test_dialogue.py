@@ -15,20 +15,10 @@ import pytest
 from pam_unified_mfa.core import MFA, Outcome, RequestContext, Step
 from pam_unified_mfa.core.dialogue import MSG_DENIED, MSG_EXPIRED, MSG_WRONG
 from tests.conftest import FakeClock
-from tests.helpers import code_for, enroll_confirmed, login
+from tests.helpers import code_for, enroll_confirmed, login, wrong_code
 
 RADIUS_STATE_MAX = 253  # octets in a RADIUS State attribute
 NAS = RequestContext(adapter="radius", client="10.0.0.1")
-
-
-def wrong_code(mfa: MFA, uri: str) -> str:
-    """A well-formed code that matches no time step the core would accept right now."""
-    reach = mfa.settings.totp.window + 1
-    valid = {code_for(mfa, uri, k) for k in range(-reach, reach + 1)}
-    number = 0
-    while f"{number:06d}" in valid:
-        number += 1
-    return f"{number:06d}"
 
 
 def enrolled(mfa: MFA, name: str = "alice") -> str:

@@ -15,8 +15,7 @@ What this file specifies:
   user's factors and enforcement.
 - R15: what `show_user` (and the CLI) report is exactly what the login accepts.
 
-Push delivery to a device is not built yet: where a rule needs a registered push device, the test
-marks the device as registered by writing the store directly (`_register_push_device`).
+Where a rule needs a registered push device, a `Device` registers from the enrollment URI.
 """
 
 from __future__ import annotations
@@ -32,9 +31,8 @@ from pam_unified_mfa.core.factors import FactorView
 from pam_unified_mfa.core.policy import MIGRATED_NOTICE, Preview
 from pam_unified_mfa.enrollment_uri import parse_uri
 from pam_unified_mfa.errors import LockoutRefused, PolicyViolation
-from pam_unified_mfa.store.models import Factor
 from tests.conftest import FakeClock
-from tests.helpers import code_for, enroll_confirmed, login
+from tests.helpers import Device, code_for, enroll_confirmed, login
 
 CTX = RequestContext()
 DAY = 24 * 3600
@@ -52,17 +50,6 @@ def _change(mfa: MFA, action: str, argument: str = "") -> Preview:
     preview = mfa.preview("boss", action, argument)
     mfa.confirm("boss", preview.confirmation)
     return preview
-
-
-def _register_push_device(mfa: MFA, factor_id: str) -> None:
-    """Simulate a Protect device registering for push (the push service is not built yet)."""
-    with mfa.store.session() as s:
-        factor = s.get(Factor, factor_id)
-        assert factor is not None and factor.kind == "protect_push"
-        factor.state = "active"
-        factor.device_key = "test-key"
-        factor.confirmed_at = mfa.env.clock()
-        factor.expires_at = None
 
 
 def _factors(view: UserView, kind: str, state: str = "active") -> list[FactorView]:
@@ -102,10 +89,7 @@ def _third_party_then_protect(mfa: MFA, user: str, via: str) -> tuple[str, str, 
 def _push_only_user(mfa: MFA, user: str) -> str:
     """A separated-mode user whose only factor is a registered push device; returns its id."""
     mfa.add_user(user)
-    result = mfa.enroll(user, "push")
-    push_id = result.factor_ids[0]
-    _register_push_device(mfa, push_id)
-    return push_id
+    return Device(mfa, mfa.enroll(user, "push").uri).factor_id
 
 
 def _unified_user(mfa: MFA, user: str) -> tuple[str, str, str]:
@@ -117,7 +101,7 @@ def _unified_user(mfa: MFA, user: str) -> tuple[str, str, str]:
     result = enroll_confirmed(mfa, user)
     assert result.kind == "unified"
     push_id, totp_id = result.factor_ids
-    _register_push_device(mfa, push_id)
+    assert Device(mfa, result.uri).factor_id == push_id
     return result.uri, push_id, totp_id
 
 

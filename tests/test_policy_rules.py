@@ -13,7 +13,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import pyotp
 import pytest
-from sqlalchemy import select
 
 from pam_unified_mfa.core import MFA, RequestContext
 from pam_unified_mfa.core.audit import AuditEntry
@@ -27,9 +26,8 @@ from pam_unified_mfa.errors import (
     PermissionDenied,
     PolicyViolation,
 )
-from pam_unified_mfa.store.models import Account, Factor
 from tests.conftest import FakeClock
-from tests.helpers import code_for, enroll_confirmed, login
+from tests.helpers import Device, code_for, enroll_confirmed, login
 
 CONFIRM_TTL = 10 * 60  # the default `[confirm] ttl = "10m"`
 PUBLIC_URL = "https://mfa.example.test"  # what the `home` fixture passes to init
@@ -72,31 +70,12 @@ def _factor_states(mfa: MFA, user: str) -> list[tuple[str, str, str, bool]]:
     return [(f.id, f.kind, f.state, f.unified) for f in mfa.show_user(user).factors]
 
 
-def _register_push_device(mfa: MFA, user: str) -> str:
-    """Simulate a Protect device registering for push; returns the push factor id.
-
-    Push delivery to a device is not built yet, so the store is written directly: the user's
-    pending protect_push factor becomes active with a device key, as registration will do.
-    """
-    with mfa.store.session() as session:
-        account = session.scalars(
-            select(Account).where(Account.kind == "user", Account.name == user)).one()
-        push = session.scalars(select(Factor).where(
-            Factor.account_id == account.id, Factor.kind == "protect_push",
-            Factor.state == "pending")).one()
-        push.state = "active"
-        push.device_key = "test-key"
-        push.confirmed_at = mfa.env.clock()
-        push.expires_at = None
-        return push.id
-
-
 def _unified_user_with_device(mfa: MFA, user: str) -> tuple[EnrollResult, str]:
     """A user on the unified Protect enrollment whose TOTP is confirmed and device registered."""
     mfa.add_user(user)
     result = enroll_confirmed(mfa, user)
     assert result.kind == "unified"
-    return result, _register_push_device(mfa, user)
+    return result, Device(mfa, result.uri).factor_id
 
 
 # -- R01: at least one method stays enabled --------------------------------------------------
@@ -324,8 +303,7 @@ def test_r03_merge_preview_counts_users_and_push_devices(mfa: MFA) -> None:
     mfa.add_user("alice")
     enroll_confirmed(mfa, "alice", "totp")
     mfa.add_user("bob")
-    mfa.enroll("bob", "push")
-    _register_push_device(mfa, "bob")  # push delivery is simulated (see the helper)
+    Device(mfa, mfa.enroll("bob", "push").uri)
     mfa.add_user("carol")
     preview = mfa.preview("boss", "merge")
     assert preview.counts["users"] == 3

@@ -13,36 +13,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from pam_unified_mfa.core import MFA, Outcome, RequestContext, Step
 from pam_unified_mfa.core.push import PushError
-from pam_unified_mfa.enrollment_uri import parse_uri
 from tests.conftest import FakeClock
-from tests.helpers import code_for, login
+from tests.helpers import Device, code_for, login
 
 VPN = RequestContext(adapter="radius", client="vpn-gw", service="vpn")
-
-
-class Device:
-    """A minimal Protect app: a key pair, registered from the unified URI."""
-
-    def __init__(self, mfa: MFA, uri: str) -> None:
-        self.key = Ed25519PrivateKey.generate()
-        pem = self.key.public_key().public_bytes(Encoding.PEM,
-                                                 PublicFormat.SubjectPublicKeyInfo).decode()
-        enrollment = parse_uri(uri)
-        assert enrollment.token is not None
-        self.token = enrollment.token
-        self.factor_id = mfa.register_device(enrollment.token, pem).factor_id
-        self.mfa = mfa
-
-    def sign(self, challenge: str, decision: str, key: Ed25519PrivateKey | None = None,
-             **claims: object) -> str:
-        body = {"sub": challenge, "decision": decision, "iat": int(self.mfa.env.clock()),
-                **claims}
-        return jwt.encode(body, key or self.key, algorithm="EdDSA",
-                          headers={"kid": self.factor_id})
-
-    def approve(self, number: str) -> str:
-        challenge = self.mfa.pending_pushes(self.factor_id)[0].id
-        return self.mfa.answer_push(self.sign(challenge, "approve", number=number))
 
 
 @pytest.fixture

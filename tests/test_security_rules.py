@@ -35,7 +35,7 @@ from pam_unified_mfa.home import init_home
 from pam_unified_mfa.settings import SETTINGS_FILE, SQLITE_FILE
 from pam_unified_mfa.store.models import Base, Factor
 from tests.conftest import FakeClock
-from tests.helpers import code_for, enroll_confirmed, login, secret_of
+from tests.helpers import Device, code_for, enroll_confirmed, login, secret_of, wrong_code
 
 PUBLIC_URL = "https://mfa.example.test"
 PAM = RequestContext(adapter="pam", client="10.0.0.5", service="sshd")
@@ -45,16 +45,6 @@ UNREACHABLE_PG = "postgresql://x:y@127.0.0.1:1/db"
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def wrong_code(mfa: MFA, uri: str) -> str:
-    """A well-formed code that matches no time step the core would accept right now."""
-    reach = mfa.settings.totp.window + 1
-    valid = {code_for(mfa, uri, k) for k in range(-reach, reach + 1)}
-    number = 0
-    while f"{number:06d}" in valid:
-        number += 1
-    return f"{number:06d}"
 
 
 def fail(mfa: MFA, user: str, uri: str, times: int, ctx: RequestContext | None = None) -> None:
@@ -77,20 +67,8 @@ def audit_of(mfa: MFA, action: str) -> list[AuditEntry]:
 
 
 def give_push_device(mfa: MFA, user: str) -> str:
-    """Enroll push and mark it registered; returns the push factor's id.
-
-    Push delivery to a device is not built yet, so a registered device can only be simulated
-    by writing the factor row directly.
-    """
-    factor_id = mfa.enroll(user, "push").factor_ids[0]
-    with mfa.store.session() as s:
-        factor = s.get(Factor, factor_id)
-        assert factor is not None
-        factor.state = "active"
-        factor.device_key = "test-key"
-        factor.expires_at = None
-        factor.confirmed_at = mfa.env.clock()
-    return factor_id
+    """Enroll push and register a device for it; returns the push factor's id."""
+    return Device(mfa, mfa.enroll(user, "push").uri).factor_id
 
 
 def stored_rows(mfa: MFA) -> str:
@@ -708,3 +686,17 @@ def test_s07_fail_mode_verdict_is_logged(
     assert "verdict=deny" in lines[0]
     assert "adapter=radius" in lines[1] and "client=10.1.1.1" in lines[1]
     assert "fail_mode=safe" in lines[1] and "verdict=allow" in lines[1]
+
+
+def test_s07_a_secret_that_does_not_decrypt_is_denied_even_in_safe_mode(mfa: MFA) -> None:
+    from sqlalchemy import update
+
+    from pam_unified_mfa.store.models import Factor
+
+    mfa.add_user("mallory")
+    uri = enroll_confirmed(mfa, "mallory").uri
+    with mfa.store.session() as session:
+        session.execute(update(Factor).values(secret="v1.kdeadbeef.AAAA"))
+    step = mfa.authenticate_code("mallory", code_for(mfa, uri),
+                                 RequestContext(adapter="pam", fail_mode="safe"))
+    assert step.outcome is Outcome.UNAVAILABLE and not step.allowed

@@ -340,6 +340,8 @@ def cmd_auth(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    if args.n < 0:
+        raise CommandError("audit tail -n must be 0 or more")
     mfa = _open(args)
     try:
         entries = mfa.audit_tail(args.n)

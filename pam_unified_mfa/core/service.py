@@ -24,7 +24,7 @@ from pam_unified_mfa.core.env import Env
 from pam_unified_mfa.core.orgpolicy import get_policy
 from pam_unified_mfa.core.verification import check_code, is_locked
 from pam_unified_mfa.crypto import Keyring
-from pam_unified_mfa.errors import InvalidCode, StoreUnavailable
+from pam_unified_mfa.errors import DecryptError, InvalidCode, StoreUnavailable
 from pam_unified_mfa.settings import KEY_FILE, Settings, default_home, load_settings, store_url
 from pam_unified_mfa.store import Store
 from pam_unified_mfa.store.models import Account, DeviceMessage, Factor
@@ -86,6 +86,12 @@ class MFA:
         try:
             with self._tx() as session:
                 return run(session)
+        except DecryptError:
+            # A secret that does not decrypt is a broken key file or tampering, not an outage:
+            # never a reason to let anyone in, whatever the fail mode.
+            log.error("a stored secret could not be decrypted: adapter=%s client=%s",
+                      ctx.adapter, ctx.client or "-")
+            return Step(Outcome.UNAVAILABLE, MSG_UNAVAILABLE, allowed=False)
         except StoreUnavailable:
             mode = ctx.fail_mode or self.settings.fail_mode
             allowed = mode == "safe"
