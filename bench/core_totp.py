@@ -13,13 +13,16 @@ rejections measures something else.
 Why against bare `pyotp.TOTP(secret).verify(code)`: that is the floor, the arithmetic alone with
 no state. The ratio says what state costs: durable replay protection, throttling, the audit
 trail and a resumable dialogue that any node can continue. It is not a target to reach; it shows
-where the time goes and whether a change made the hot path cheaper or dearer.
+where the time goes and whether a change made the hot path cheaper or dearer. pyotp is also
+timed with valid_window=1, the window the core checks by default (three steps instead of one).
 
 How: N users, each with a confirmed Protect TOTP factor, live on a fake clock. Each round moves
 the clock one TOTP period forward and every user logs in once with the code of that period.
 Codes are computed before the timed section. A loop runs for at most --seconds per backend, or
-until the precomputed rounds are used up. CPU time of this process is reported next to wall
-time: on PostgreSQL the server's work and the round trips are the difference between the two.
+until the precomputed rounds are used up. Next to wall time: the CPU time of this process (the
+core itself, SQLAlchemy and the database driver; for SQLite also the database engine) and, for
+a PostgreSQL server on this host, the CPU time of the backend process serving the core. What
+is left of the wall time is waiting: for commits to reach the disk, and for the scheduler.
 
 PostgreSQL: --pg-url, else $UNIFIED_MFA_TEST_PG_URL (both get a fresh schema that is dropped at
 the end), else a throwaway local cluster started here with PostgreSQL's default durability
@@ -542,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
             stats.append(f"{label}: {args.users} users enrolled in "
                          f"{time.perf_counter() - began:.1f} s; one verification = "
                          f"{population.tx_per_verification:g} transactions, "
-                         f"{population.sql_per_verification:g} SQL statements")
+                         f"{population.sql_per_verification:g} SQL statements "
+                         f"besides BEGIN and COMMIT")
             return population
 
         sqlite_pop = populate("sqlite", f"sqlite:///{workdir / 'store.db'}")
@@ -561,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
             pg_version = server_version(url)
         except PostgresUnavailable as exc:
             print(f"PostgreSQL NOT MEASURED: {exc}", flush=True)
+            stats.append(f"PostgreSQL NOT MEASURED: {exc}")
         else:
             stats.append(f"PostgreSQL {pg_version} ({source})")
             pg_pop = populate("postgresql", url)

@@ -48,10 +48,11 @@ def _reset_postgres(url: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'store.db'}"
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+def fresh_postgres() -> str:
+    """The test PostgreSQL, emptied; fails (never skips) when the suite runs without it."""
     url = os.environ.get("UNIFIED_MFA_TEST_PG_URL")
     if not url:
         if os.environ.get("UNIFIED_MFA_TEST_SQLITE_ONLY") == "1":
@@ -59,6 +60,13 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         pytest.fail("UNIFIED_MFA_TEST_PG_URL is not set: run the suite with ./scripts/test")
     _reset_postgres(url)
     return url
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return fresh_postgres()
 
 
 @pytest.fixture

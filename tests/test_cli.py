@@ -32,7 +32,7 @@ from pam_unified_mfa.core.context import CLI
 from pam_unified_mfa.enrollment_uri import parse_uri
 from pam_unified_mfa.home import init_home
 from pam_unified_mfa.settings import KEY_FILE, SETTINGS_FILE
-from tests.conftest import _reset_postgres
+from tests.conftest import BACKENDS, fresh_postgres
 
 EXE = Path(sys.executable).with_name("unified-mfa")
 MAX_FAILURES = 5  # the default [throttle] max_failures
@@ -120,17 +120,10 @@ def assert_refused(result: subprocess.CompletedProcess[str], exit_code: int,
     return lines[0]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest) -> str | None:
-    if request.param == "sqlite":
-        return None
-    url = os.environ.get("UNIFIED_MFA_TEST_PG_URL")
-    if not url:
-        if os.environ.get("UNIFIED_MFA_TEST_SQLITE_ONLY") == "1":
-            pytest.skip("UNIFIED_MFA_TEST_SQLITE_ONLY=1: PostgreSQL half not run")
-        pytest.fail("UNIFIED_MFA_TEST_PG_URL is not set: run the suite with ./scripts/test")
-    _reset_postgres(url)
-    return url
+    """None: the embedded SQLite default inside the home."""
+    return None if request.param == "sqlite" else fresh_postgres()
 
 
 @pytest.fixture

@@ -76,3 +76,11 @@ def test_schema_head_constant_is_alembics_head() -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_HEAD
+
+
+def test_sqlite_store_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "private.db"
+    store = Store(f"sqlite:///{path}")
+    store.migrate()
+    store.dispose()
+    assert path.stat().st_mode & 0o777 == 0o600

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -379,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="machine-readable output")
 
     parser = _Parser(prog="unified-mfa", parents=[common],
-                                     description="Unified MFA: admin and service commands")
+                     description="Unified MFA: admin and service commands")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str,
@@ -513,6 +514,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # A bug must not look like a rejected login (exit 1) nor spill a traceback into a
+        # script's output; UNIFIED_MFA_DEBUG=1 shows it.
+        if os.environ.get("UNIFIED_MFA_DEBUG") == "1":
+            raise
+        print(f"unified-mfa: internal error ({type(exc).__name__}); "
+              "rerun with UNIFIED_MFA_DEBUG=1 for details", file=sys.stderr)
+        return EXIT_ERROR
     return code
 
 
