@@ -16,6 +16,7 @@ from typing import Any, cast
 from sqlalchemy import select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from pam_unified_mfa.core import audit, push
 from pam_unified_mfa.core.accounts import effective_enforcement, find_account, new_id
@@ -210,7 +211,7 @@ def _claim(session: Session, env: Env, token: str, ctx: RequestContext,
     )
     if _rowcount(swapped) != 1:
         return None, None
-    session.refresh(dialogue)
+    set_committed_value(dialogue, "token_hash", token_hash(new_token))
     return dialogue, new_token
 
 
@@ -235,8 +236,7 @@ def answer(session: Session, env: Env, token: str, reply: str, ctx: RequestConte
         return _finish(session, env, dialogue, Step(Outcome.ACCEPT, "Access granted"))
     if result.reason == "locked":
         return _finish(session, env, dialogue, Step(Outcome.REJECT, MSG_LOCKED))
-    session.refresh(account)
-    if is_locked(account, env.clock()):
+    if is_locked(account, env.clock()):  # record_failure expired it: this reads the new lock
         return _finish(session, env, dialogue, Step(Outcome.REJECT, MSG_LOCKED))
     return _after_failure(session, env, dialogue, new_token, methods or ("code",))
 

@@ -121,12 +121,17 @@ def record_failure(
 
 
 def record_success(session: Session, account: Account) -> None:
-    session.execute(
-        update(Account).where(Account.id == account.id)
+    """Clear the failure count and back-off; most logins have none, so usually no write."""
+    cleared = session.execute(
+        update(Account)
+        .where(Account.id == account.id,
+               or_(Account.failures != 0, Account.lock_count != 0,
+                   Account.locked_until.is_not(None)))
         .values(failures=0, lock_count=0, locked_until=None)
         .execution_options(synchronize_session=False)
     )
-    session.expire(account)
+    if _rowcount(cleared):
+        session.expire(account)
 
 
 def check_code(
@@ -140,7 +145,6 @@ def check_code(
     the check to active factors of the given kinds (proof of possession for a reset, R07).
     """
     now = env.clock()
-    session.refresh(account)
     if is_locked(account, now):
         decoy_check(env, code)
         audit.record(session, now, actor=account.name, action="mfa.code", subject=account.name,
