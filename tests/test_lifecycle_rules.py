@@ -703,6 +703,22 @@ def test_r14_unlinked_admin_logs_in_with_totp(mfa: MFA, clock: FakeClock) -> Non
     assert not _admin_login(mfa, "root", "000000")
 
 
+def test_r14_admin_reset_of_an_unlinked_admin_offers_a_totp_enrollment_at_login(
+    mfa: MFA, clock: FakeClock,
+) -> None:
+    _boss(mfa)
+    mfa.add_admin("root")
+    enrolled = mfa.enroll("root", admin=True)
+    assert _admin_login(mfa, "root", code_for(mfa, enrolled.uri))
+    clock.advance(30)
+    mfa.reset_by_admin("root", "boss", admin=True)
+    step = mfa.begin("root", CTX, kind="admin")
+    assert step.outcome is Outcome.ENROLL and step.enroll_uri is not None
+    assert "enroll_token" not in step.enroll_uri  # TOTP only, no push registration
+    assert step.token is not None
+    assert mfa.answer(step.token, code_for(mfa, step.enroll_uri), CTX).outcome is Outcome.ACCEPT
+
+
 def test_r14_unlinked_admin_is_required_even_when_org_default_is_exempt(mfa: MFA) -> None:
     _boss(mfa)
     mfa.set_default_enforcement("boss", "exempt")

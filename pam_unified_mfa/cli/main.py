@@ -202,6 +202,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
             _emit(args, _user_data(account), _user_text(account))
         elif args.admin_cmd == "enroll":
             _write_enrollment(args, mfa.enroll(args.name, args.kind, admin=True))
+        elif args.admin_cmd == "reset":
+            _reset(args, mfa, args.name, admin=True)
     finally:
         mfa.close()
     return 0
@@ -274,18 +276,21 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_reset(args: argparse.Namespace) -> int:
+def _reset(args: argparse.Namespace, mfa: MFA, name: str, admin: bool = False) -> None:
     if (args.as_admin is None) == (args.code is None):
         raise CommandError("reset needs exactly one of --as ADMIN or --code PROTECT_TOTP")
+    if args.as_admin:
+        retired = mfa.reset_by_admin(name, args.as_admin, args.factor, admin=admin)
+        _emit(args, {"user": name, "retired": retired, "must_enroll": True},
+              f"{name}: {len(retired)} factor(s) reset; they enroll again at their next login")
+    else:
+        _write_enrollment(args, mfa.reset_by_user(name, args.code, args.factor, admin=admin))
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
     mfa = _open(args)
     try:
-        if args.as_admin:
-            retired = mfa.reset_by_admin(args.user, args.as_admin, args.factor)
-            _emit(args, {"user": args.user, "retired": retired, "must_enroll": True},
-                  f"{args.user}: {len(retired)} factor(s) reset; they enroll again at their "
-                  "next login")
-        else:
-            _write_enrollment(args, mfa.reset_by_user(args.user, args.code, args.factor))
+        _reset(args, mfa, args.user)
     finally:
         mfa.close()
     return 0
@@ -393,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--format", choices=FORMATS, default="uri")
         p.add_argument("--output", metavar="FILE")
 
+    def reset_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--as", dest="as_admin", metavar="ADMIN")
+        p.add_argument("--code", metavar="PROTECT_TOTP")
+        p.add_argument("--factor", metavar="FACTOR_ID", help="separated mode: reset only this one")
+        enrollment_output(p)
+
     p = add("init", cmd_init, "create the home, key and store (idempotent)")
     p.add_argument("--public-url", metavar="URL")
 
@@ -430,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--kind", choices=("totp", "third_party_totp"))
     enrollment_output(p)
+    p = add("reset", cmd_admin, "reset the TOTP of an admin not linked to a user", admins)
+    p.add_argument("name")
+    reset_options(p)
 
     pol = add("policy", cmd_policy, "organisation policy")
     policies = pol.add_subparsers(dest="policy_cmd", required=True)
@@ -465,10 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("reset", cmd_reset, "reset a user's Protect enrollment")
     p.add_argument("user")
-    p.add_argument("--as", dest="as_admin", metavar="ADMIN")
-    p.add_argument("--code", metavar="PROTECT_TOTP")
-    p.add_argument("--factor", metavar="FACTOR_ID", help="separated mode: reset only this one")
-    enrollment_output(p)
+    reset_options(p)
 
     factor = add("factor", cmd_factor, "factors")
     factor_cmds = factor.add_subparsers(dest="factor_cmd", required=True)

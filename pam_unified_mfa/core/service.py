@@ -206,12 +206,13 @@ class MFA:
             return factors.delete_factor(s, self.env, accounts.get_user(s, name), factor_id,
                                          ctx, actor)
 
-    def reset_by_admin(self, name: str, admin_name: str, factor_id: str | None = None,
-                       ctx: RequestContext = CLI) -> list[str]:
+    def reset_by_admin(self, name: str, admin_name: str, factor_id: str | None = None, *,
+                       admin: bool = False, ctx: RequestContext = CLI) -> list[str]:
+        """`admin=True` resets the own account of an admin not linked to a user."""
         with self._tx() as s:
             accounts.find_admin(s, admin_name)
-            return factors.admin_reset(s, self.env, accounts.get_user(s, name), factor_id, ctx,
-                                       admin_name)
+            return factors.admin_reset(s, self.env, self._account(s, name, admin), factor_id,
+                                       ctx, admin_name)
 
     def reset_by_user(self, name: str, code: str, factor_id: str | None = None, *,
                       admin: bool = False, ctx: RequestContext = CLI) -> factors.EnrollResult:
