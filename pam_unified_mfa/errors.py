@@ -57,3 +57,7 @@ class ConfirmationError(UnifiedMFAError):
 
 class DialogueError(UnifiedMFAError):
     """A dialogue token is unknown, expired or already used."""
+
+
+class AuthenticationFailed(UnifiedMFAError):
+    """A device, API client or admin token did not prove who it is."""

@@ -109,6 +109,19 @@ class ConfirmSettings:
 
 
 @dataclass(frozen=True)
+class ServiceSettings:
+    """`unified-mfa serve`: where it listens and how (docs/api.md, Transport)."""
+
+    listen: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    allow_plain_http: bool = False
+    client_rate: int = 50
+    client_burst: int = 100
+    admin_token_ttl: str = "30d"  # noqa: S105 - a lifetime, not a secret
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything `unified-mfa.toml` may say; defaults are the safe choice."""
 
@@ -122,6 +135,7 @@ class Settings:
     bypass: BypassSettings = field(default_factory=BypassSettings)
     push: PushSettings = field(default_factory=PushSettings)
     confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
 
     def __post_init__(self) -> None:
         if self.fail_mode not in ("secure", "safe"):
@@ -146,6 +160,11 @@ class Settings:
                               "characters or surrounding spaces")
         if self.throttle.max_failures < 1 or self.dialogue.max_attempts < 1:
             raise ConfigError("max_failures and max_attempts must be at least 1")
+        if bool(self.service.tls_cert) != bool(self.service.tls_key):
+            raise ConfigError("[service] tls_cert and tls_key go together")
+        if self.service.client_rate < 1 or self.service.client_burst < 1:
+            raise ConfigError("[service] client_rate and client_burst must be at least 1")
+        parse_duration(self.service.admin_token_ttl)
         if not 8 <= self.bypass.length <= 20:
             raise ConfigError("[bypass] length must be between 8 and 20 digits")
         # Every text setting of these sections is a duration: check them all once, at load.

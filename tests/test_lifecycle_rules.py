@@ -29,6 +29,7 @@ from pam_unified_mfa.cli.main import main as cli_main
 from pam_unified_mfa.core import MFA, Outcome, RequestContext, UserView
 from pam_unified_mfa.core.factors import FactorView
 from pam_unified_mfa.core.policy import MIGRATED_NOTICE, Preview
+from pam_unified_mfa.core.push import PushError
 from pam_unified_mfa.enrollment_uri import parse_uri
 from pam_unified_mfa.errors import LockoutRefused, PolicyViolation
 from tests.conftest import FakeClock
@@ -233,7 +234,8 @@ def test_r10_unregistered_push_enrollment_is_not_migrated(mfa: MFA) -> None:
     pending_push = mfa.enroll("alice", "push").factor_ids[0]
     result = mfa.confirm("boss", mfa.preview("boss", "merge").confirmation)
     assert result["migrated"] == 0
-    assert mfa.device_messages(pending_push) == []
+    with pytest.raises(PushError, match="unknown device"):  # no device, nothing to deliver to
+        mfa.device_messages(pending_push)
     assert _factors(mfa.show_user("alice"), "protect_totp") == []
 
 

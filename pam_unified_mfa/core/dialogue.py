@@ -82,6 +82,7 @@ class Step:
     suggest_unified: bool = False
     allowed: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+    wait_key: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -273,7 +274,7 @@ def start_push(session: Session, env: Env, dialogue: Dialogue, account: Account 
     dialogue.expires_at = max(dialogue.expires_at, deadline)
     return Step(Outcome.PUSH_PENDING,
                 f"Approve the push on your device by choosing the number {number}",
-                token, ("code",), push_number=number, deadline=deadline)
+                token, ("code",), push_number=number, deadline=deadline, wait_key=dialogue.id)
 
 
 _PUSH_ENDINGS = {
@@ -312,4 +313,4 @@ def poll(session: Session, env: Env, token: str, ctx: RequestContext) -> Step:
     return Step(Outcome.PUSH_PENDING,
                 f"Waiting for approval: choose the number {dialogue.push_number} on your device",
                 token, ("code",), push_number=dialogue.push_number,
-                deadline=dialogue.push_deadline)
+                deadline=dialogue.push_deadline, wait_key=dialogue.id)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from pam_unified_mfa.core.events import Events, NoEvents
 from pam_unified_mfa.crypto import Keyring
 from pam_unified_mfa.settings import Settings
 
@@ -14,6 +15,7 @@ class Env:
     settings: Settings
     keyring: Keyring
     clock: Callable[[], float]
+    events: Events = field(default_factory=NoEvents)
 
     def seconds(self, duration: str) -> float:
         return self.settings.seconds(duration)

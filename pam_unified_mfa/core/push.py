@@ -26,10 +26,17 @@ from pam_unified_mfa.core import audit
 from pam_unified_mfa.core.accounts import new_id
 from pam_unified_mfa.core.context import RequestContext
 from pam_unified_mfa.core.env import Env
+from pam_unified_mfa.core.events import after_commit
 from pam_unified_mfa.core.factors import PROTECT_PUSH, confirm, token_hash
 from pam_unified_mfa.core.verification import record_failure
-from pam_unified_mfa.errors import UnifiedMFAError
-from pam_unified_mfa.store.models import Account, EnrollmentToken, Factor, PushChallenge
+from pam_unified_mfa.errors import AuthenticationFailed, UnifiedMFAError
+from pam_unified_mfa.store.models import (
+    Account,
+    DeviceMessage,
+    EnrollmentToken,
+    Factor,
+    PushChallenge,
+)
 
 log = logging.getLogger("unified_mfa.push")
 
@@ -38,7 +45,15 @@ ANSWER_MAX_AGE = 120  # seconds a signed answer may be old: enough for a slow ph
 
 
 class PushError(UnifiedMFAError):
-    """A device request or answer was refused; the message says why, never with a secret."""
+    """A device request or answer was refused; the message says why, never with a secret.
+
+    `reason` is one of unknown, replayed, expired, forged, invalid: what a protocol adapter
+    needs to pick its status code.
+    """
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -82,7 +97,8 @@ def register_device(
     _load_key(public_key_pem)
     row = session.get(EnrollmentToken, token_hash(token))
     if row is None or row.used_at is not None or row.expires_at <= now:
-        raise PushError("enrollment token unknown, used or expired: ask for a new QR code")
+        raise PushError("enrollment token unknown, used or expired: ask for a new QR code",
+                        "expired")
     spent = session.execute(
         update(EnrollmentToken)
         .where(EnrollmentToken.token_hash == row.token_hash, EnrollmentToken.used_at.is_(None))
@@ -90,7 +106,8 @@ def register_device(
     )
     factor = session.get(Factor, row.factor_id)
     if _rowcount(spent) != 1 or factor is None or factor.state != "pending":
-        raise PushError("enrollment token unknown, used or expired: ask for a new QR code")
+        raise PushError("enrollment token unknown, used or expired: ask for a new QR code",
+                        "expired")
     account = session.get(Account, factor.account_id)
     assert account is not None
     factor.device_key = public_key_pem
@@ -133,6 +150,7 @@ def start(
     session.add(challenge)
     audit.record(session, now, actor=account.name, action="mfa.push", subject=account.name,
                  outcome="sent", ctx=ctx)
+    after_commit(session, lambda: env.events.push_created(account.id, challenge.id))
     return challenge
 
 
@@ -141,7 +159,7 @@ def pending_for_device(session: Session, env: Env, factor_id: str) -> list[PushV
     now = env.clock()
     factor = session.get(Factor, factor_id)
     if factor is None or factor.kind != PROTECT_PUSH or factor.state != "active":
-        raise PushError("unknown device")
+        raise PushError("unknown device", "unknown")
     account = session.get(Account, factor.account_id)
     assert account is not None
     rows = session.scalars(
@@ -165,11 +183,11 @@ def answer(session: Session, env: Env, signed: str, ctx: RequestContext) -> str:
     try:
         header = jwt.get_unverified_header(signed)
     except jwt.PyJWTError:
-        raise PushError("malformed push answer") from None
+        raise PushError("malformed push answer", "invalid") from None
     factor = session.get(Factor, str(header.get("kid", "")))
     if factor is None or factor.kind != PROTECT_PUSH or factor.state != "active" \
             or not factor.device_key:
-        raise PushError("unknown device")
+        raise PushError("unknown device", "unknown")
     account = session.get(Account, factor.account_id)
     assert account is not None
     try:
@@ -178,19 +196,20 @@ def answer(session: Session, env: Env, signed: str, ctx: RequestContext) -> str:
     except jwt.PyJWTError:
         audit.record(session, now, actor=account.name, action="mfa.push", subject=account.name,
                      outcome="forged", ctx=ctx, detail={"factor": factor.id})
-        raise PushError("push answer signature is not valid for this device") from None
+        raise PushError("push answer signature is not valid for this device",
+                        "forged") from None
     issued = float(claims["iat"])
     if not now - ANSWER_MAX_AGE <= issued <= now + 30:
-        raise PushError("push answer is too old or from the future")
+        raise PushError("push answer is too old or from the future", "expired")
     challenge = session.get(PushChallenge, str(claims["sub"]))
     if challenge is None or challenge.account_id != factor.account_id:
-        raise PushError("unknown push request")
+        raise PushError("unknown push request", "unknown")
     if challenge.status != "pending":
         audit.record(session, now, actor=account.name, action="mfa.push", subject=account.name,
                      outcome="replayed", ctx=ctx, detail={"factor": factor.id})
-        raise PushError("this push request was already answered")
+        raise PushError("this push request was already answered", "replayed")
     if challenge.expires_at <= now:
-        raise PushError("this push request has expired")
+        raise PushError("this push request has expired", "expired")
     decision = claims["decision"]
     if decision == "approve":
         picked = str(claims.get("number", ""))
@@ -209,7 +228,7 @@ def answer(session: Session, env: Env, signed: str, ctx: RequestContext) -> str:
         .execution_options(synchronize_session=False)
     )
     if _rowcount(decided) != 1:
-        raise PushError("this push request was already answered")
+        raise PushError("this push request was already answered", "replayed")
     if status == "wrong_number":
         record_failure(session, env, account, ctx, "wrong_number")
     if status == "denied_not_me":
@@ -218,6 +237,8 @@ def answer(session: Session, env: Env, signed: str, ctx: RequestContext) -> str:
                     challenge.client or "-")
     audit.record(session, now, actor=account.name, action="mfa.push", subject=account.name,
                  outcome=status, ctx=ctx, detail={"factor": factor.id})
+    dialogue_id = challenge.dialogue_id
+    after_commit(session, lambda: env.events.push_decided(dialogue_id))
     return status
 
 
@@ -244,3 +265,77 @@ def cancel(session: Session, dialogue_id: str, now: float) -> None:
 
 def expire(session: Session, dialogue_id: str, now: float) -> None:
     _close(session, dialogue_id, now, "expired")
+
+
+DEVICE_AUDIENCE = "unified-mfa-device"
+DEVICE_TOKEN_MAX_LIFETIME = 120
+
+
+def _device(session: Session, device_id: str) -> Factor:
+    factor = session.get(Factor, device_id)
+    if factor is None or factor.kind != PROTECT_PUSH or factor.state != "active" \
+            or not factor.device_key:
+        raise PushError("unknown device", "unknown")
+    return factor
+
+
+def authenticate_device(session: Session, env: Env, bearer: str) -> str:
+    """The device id of a request signed by a registered device key (short-lived JWT)."""
+    now = env.clock()
+    try:
+        header = jwt.get_unverified_header(bearer)
+        factor = _device(session, str(header.get("kid", "")))
+        assert factor.device_key is not None
+        claims = jwt.decode(bearer, _load_key(factor.device_key), algorithms=ANSWER_ALGORITHMS,
+                            audience=DEVICE_AUDIENCE,
+                            options={"require": ["iat", "exp"], "verify_exp": False,
+                                     "verify_iat": False})
+    except (jwt.PyJWTError, PushError):
+        raise AuthenticationFailed("device authentication failed") from None
+    issued, expires = float(claims["iat"]), float(claims["exp"])
+    if not issued - 30 <= now < expires or expires - issued > DEVICE_TOKEN_MAX_LIFETIME:
+        raise AuthenticationFailed("device authentication failed")
+    return factor.id
+
+
+def account_of_device(session: Session, device_id: str) -> str:
+    return _device(session, device_id).account_id
+
+
+def set_endpoint(session: Session, env: Env, device_id: str, url: str | None,
+                 ctx: RequestContext) -> None:
+    """The device's webhook for wake-ups (UnifiedPush pattern); https, or http on loopback."""
+    factor = _device(session, device_id)
+    if url is not None and not url.startswith(("https://", "http://127.", "http://[::1]",
+                                               "http://localhost")):
+        raise PushError("a push endpoint must be an https:// URL", "invalid")
+    factor.push_endpoint = url
+    account = session.get(Account, factor.account_id)
+    audit.record(session, env.clock(), actor=account.name if account else "-",
+                 action="device.endpoint", subject=account.name if account else "-",
+                 outcome="set" if url else "cleared", ctx=ctx, detail={"factor": factor.id})
+
+
+def endpoints(session: Session, account_id: str) -> list[str]:
+    rows = session.scalars(select(Factor.push_endpoint).where(
+        Factor.account_id == account_id, Factor.kind == PROTECT_PUSH, Factor.state == "active",
+        Factor.push_endpoint.is_not(None)))
+    return [url for url in rows if url]
+
+
+def messages(session: Session, env: Env, device_id: str) -> list[dict[str, str]]:
+    """Undelivered messages for a device, decrypted for delivery over its channel (R10)."""
+    _device(session, device_id)
+    rows = session.scalars(select(DeviceMessage).where(
+        DeviceMessage.factor_id == device_id, DeviceMessage.delivered_at.is_(None)))
+    return [{"id": m.id, "kind": m.kind, "payload": env.keyring.decrypt(
+        m.payload, f"device_message:{m.id}").decode()} for m in rows]
+
+
+def ack_message(session: Session, env: Env, device_id: str, message_id: str) -> None:
+    """Delivered: never sent again, and the secret it carried leaves the store."""
+    message = session.get(DeviceMessage, message_id)
+    if message is None or message.factor_id != device_id:
+        raise PushError("unknown message", "unknown")
+    message.delivered_at = message.delivered_at or env.clock()
+    message.payload = ""

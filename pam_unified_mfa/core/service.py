@@ -16,11 +16,12 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pam_unified_mfa.core import accounts, audit, dialogue, factors, push
+from pam_unified_mfa.core import accounts, audit, credentials, dialogue, factors, push
 from pam_unified_mfa.core import policy as org_policy
 from pam_unified_mfa.core.context import CLI, RequestContext
 from pam_unified_mfa.core.dialogue import MSG_UNAVAILABLE, Outcome, Step
 from pam_unified_mfa.core.env import Env
+from pam_unified_mfa.core.events import Events, NoEvents
 from pam_unified_mfa.core.orgpolicy import get_policy
 from pam_unified_mfa.core.verification import check_code, is_locked
 from pam_unified_mfa.crypto import Keyring
@@ -58,11 +59,13 @@ class MFA:
     def open(
         cls, home: Path | None = None, *, store: str | None = None,
         clock: Callable[[], float] = time.time, migrate: bool = True,
+        events: Events | None = None,
     ) -> MFA:
         home = home or default_home()
         settings = load_settings(home)
         keyring = Keyring.load(home / KEY_FILE)
-        instance = cls(Env(settings, keyring, clock), Store(store_url(home, settings, store)))
+        env = Env(settings, keyring, clock, events or NoEvents())
+        instance = cls(env, Store(store_url(home, settings, store)))
         if migrate:
             instance.store.migrate()
         return instance
@@ -237,14 +240,6 @@ class MFA:
             return factors.issue_bypass(s, self.env, accounts.get_user(s, name), count, seconds,
                                         ctx, admin_name)
 
-    def device_messages(self, factor_id: str) -> list[dict[str, str]]:
-        """Undelivered messages for a push device (the TOTP a merge gave it, R10), decrypted."""
-        with self._tx() as s:
-            rows = s.scalars(select(DeviceMessage).where(
-                DeviceMessage.factor_id == factor_id, DeviceMessage.delivered_at.is_(None)))
-            return [{"id": m.id, "kind": m.kind, "payload": self.env.keyring.decrypt(
-                m.payload, f"device_message:{m.id}").decode()} for m in rows]
-
     # -- push devices ---------------------------------------------------------------------------
 
     def register_device(self, token: str, public_key_pem: str,
@@ -253,14 +248,61 @@ class MFA:
         with self._tx() as s:
             return push.register_device(s, self.env, token, public_key_pem, ctx)
 
-    def pending_pushes(self, factor_id: str) -> list[push.PushView]:
+    def authenticate_device(self, bearer: str) -> str:
         with self._tx() as s:
-            return push.pending_for_device(s, self.env, factor_id)
+            return push.authenticate_device(s, self.env, bearer)
+
+    def account_of_device(self, device_id: str) -> str:
+        with self._tx() as s:
+            return push.account_of_device(s, device_id)
+
+    def pending_pushes(self, device_id: str) -> list[push.PushView]:
+        with self._tx() as s:
+            return push.pending_for_device(s, self.env, device_id)
 
     def answer_push(self, signed: str, ctx: RequestContext = CLI) -> str:
         """A device's signed approve/deny (S03); returns the challenge's new status."""
         with self._tx() as s:
             return push.answer(s, self.env, signed, ctx)
+
+    def device_messages(self, device_id: str) -> list[dict[str, str]]:
+        """Undelivered messages for a push device (the TOTP a merge gave it, R10), decrypted."""
+        with self._tx() as s:
+            return push.messages(s, self.env, device_id)
+
+    def ack_device_message(self, device_id: str, message_id: str) -> None:
+        with self._tx() as s:
+            push.ack_message(s, self.env, device_id, message_id)
+
+    def set_push_endpoint(self, device_id: str, url: str | None,
+                          ctx: RequestContext = CLI) -> None:
+        with self._tx() as s:
+            push.set_endpoint(s, self.env, device_id, url, ctx)
+
+    def push_endpoints(self, account_id: str) -> list[str]:
+        with self._tx() as s:
+            return push.endpoints(s, account_id)
+
+    # -- API clients and admin tokens ---------------------------------------------------------
+
+    def add_client(self, name: str, public_key_pem: str | None = None, actor: str = "cli",
+                   ctx: RequestContext = CLI) -> str | None:
+        with self._tx() as s:
+            return credentials.add_client(s, self.env, name, public_key_pem, ctx, actor)
+
+    def authenticate_client(self, authorization: str) -> str:
+        with self._tx() as s:
+            return credentials.authenticate_client(s, self.env, authorization)
+
+    def issue_admin_token(self, admin_name: str, ttl_seconds: float | None = None,
+                          actor: str = "cli", ctx: RequestContext = CLI) -> str:
+        ttl = ttl_seconds or self.env.seconds(self.settings.service.admin_token_ttl)
+        with self._tx() as s:
+            return credentials.issue_admin_token(s, self.env, admin_name, ttl, ctx, actor)
+
+    def authenticate_admin(self, bearer: str) -> str:
+        with self._tx() as s:
+            return credentials.authenticate_admin(s, self.env, bearer)
 
     # -- organisation policy ------------------------------------------------------------------
 

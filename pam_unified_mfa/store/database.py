@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,10 +16,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pam_unified_mfa.errors import ConfigError, StoreUnavailable
 
+log = logging.getLogger("unified_mfa.store")
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration's revision; a test checks it against Alembic's own head, and it lets a
 # command skip importing Alembic (a fifth of a CLI call's start-up) when nothing is to be done.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
 
 def normalise_url(url: str) -> str:
@@ -84,6 +86,11 @@ class Store:
         try:
             yield session
             session.commit()
+            for callback in session.info.pop("after_commit", ()):
+                try:
+                    callback()
+                except Exception:  # a listener's failure must not undo a committed decision
+                    log.exception("after-commit listener failed")
         except OperationalError as exc:
             session.rollback()
             raise StoreUnavailable(f"store unavailable: {type(exc.orig).__name__}") from None

@@ -93,6 +93,7 @@ class Factor(Base):
     period: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     device_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    push_endpoint: Mapped[str | None] = mapped_column(Text, nullable=True)
     retires: Mapped[str] = mapped_column(Text, default="")
     expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -191,3 +192,33 @@ class PushChallenge(Base):
     expires_at: Mapped[float] = mapped_column(Float)
     decided_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     factor_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class ApiClient(Base):
+    """A remote adapter allowed to drive dialogues over the auth API."""
+
+    __tablename__ = "api_clients"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    secret_hash: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    public_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class UsedAssertion(Base):
+    """`jti`s of client assertions already accepted: each is good once, on every node."""
+
+    __tablename__ = "used_assertions"
+    jti: Mapped[str] = mapped_column(String(128), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("api_clients.id", ondelete="CASCADE"))
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class AdminToken(Base):
+    """Bearer tokens of the admin API; only their hash is kept."""
+
+    __tablename__ = "admin_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    admin_id: Mapped[str] = mapped_column(ForeignKey("admins.id", ondelete="CASCADE"))
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)

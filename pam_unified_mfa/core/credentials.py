@@ -1,0 +1,147 @@
+"""Who may call the service: API clients (remote adapters) and admin API tokens.
+
+Client secrets and admin tokens are stored only as keyed hashes or hashes. A client with a
+registered public key proves itself with a short-lived signed assertion whose `jti` is accepted
+once across every node, so nothing reusable has to live in the adapter's configuration.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from pam_unified_mfa.core import audit
+from pam_unified_mfa.core.accounts import check_name, find_admin, new_id
+from pam_unified_mfa.core.context import RequestContext
+from pam_unified_mfa.core.env import Env
+from pam_unified_mfa.core.factors import token_hash
+from pam_unified_mfa.errors import AlreadyExists, AuthenticationFailed, PolicyViolation
+from pam_unified_mfa.store.models import Admin, AdminToken, ApiClient, UsedAssertion
+
+ASSERTION_ALGORITHMS = ["EdDSA", "ES256", "RS256"]
+ASSERTION_MAX_LIFETIME = 300
+_REFUSED = "client authentication failed"
+
+
+def auth_audience(env: Env) -> str:
+    return env.settings.public_url.rstrip("/") + "/v1/auth"
+
+
+def add_client(
+    session: Session, env: Env, name: str, public_key_pem: str | None, ctx: RequestContext,
+    actor: str,
+) -> str | None:
+    """Register an API client; returns its secret (shown once) when it has no key."""
+    check_name(name)
+    if session.scalars(select(ApiClient).where(ApiClient.name == name)).one_or_none():
+        raise AlreadyExists(f"client {name} already exists")
+    now = env.clock()
+    client = ApiClient(id=new_id("c"), name=name, created_at=now)
+    secret: str | None = None
+    if public_key_pem:
+        try:
+            load_pem_public_key(public_key_pem.encode())
+        except ValueError:
+            raise PolicyViolation("the client key is not a PEM public key") from None
+        client.public_key = public_key_pem
+    else:
+        secret = secrets.token_urlsafe(32)
+        client.secret_hash = env.keyring.mac(secret.encode(), f"client:{client.id}")
+    session.add(client)
+    audit.record(session, now, actor=actor, action="client.add", subject=name,
+                 outcome="created", ctx=ctx, detail={"kind": "key" if public_key_pem else "secret"})
+    return secret
+
+
+def _client(session: Session, name: str) -> ApiClient | None:
+    return session.scalars(select(ApiClient).where(ApiClient.name == name)).one_or_none()
+
+
+def _basic(session: Session, env: Env, encoded: str) -> str:
+    try:
+        name, _, secret = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise AuthenticationFailed(_REFUSED) from None
+    client = _client(session, name)
+    if client is None or client.secret_hash is None:
+        # Same work for unknown names, so timing does not list the clients.
+        env.keyring.mac(secret.encode(), "client:none")
+        raise AuthenticationFailed(_REFUSED)
+    if not env.keyring.verify_mac(secret.encode(), f"client:{client.id}", client.secret_hash):
+        raise AuthenticationFailed(_REFUSED)
+    return client.name
+
+
+def _assertion(session: Session, env: Env, token: str) -> str:
+    now = env.clock()
+    try:
+        unverified: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise AuthenticationFailed(_REFUSED) from None
+    client = _client(session, str(unverified.get("iss", "")))
+    if client is None or client.public_key is None:
+        raise AuthenticationFailed(_REFUSED)
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token, load_pem_public_key(client.public_key.encode()),  # type: ignore[arg-type]
+            algorithms=ASSERTION_ALGORITHMS, audience=auth_audience(env), issuer=client.name,
+            options={"require": ["exp", "iat", "jti", "iss", "sub"], "verify_exp": False,
+                     "verify_iat": False},
+        )
+    except jwt.PyJWTError:
+        raise AuthenticationFailed(_REFUSED) from None
+    expires, issued = float(claims["exp"]), float(claims["iat"])
+    if claims["sub"] != client.name or not issued - 30 <= now < expires \
+            or expires - issued > ASSERTION_MAX_LIFETIME:
+        raise AuthenticationFailed(_REFUSED)
+    session.execute(delete(UsedAssertion).where(UsedAssertion.expires_at < now))
+    try:
+        with session.begin_nested():
+            session.add(UsedAssertion(jti=str(claims["jti"])[:128], client_id=client.id,
+                                      expires_at=expires))
+    except IntegrityError:
+        raise AuthenticationFailed("client assertion already used") from None
+    return client.name
+
+
+def authenticate_client(session: Session, env: Env, authorization: str) -> str:
+    """The client name for an `Authorization` header: Basic secret or Bearer assertion."""
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() == "basic" and value:
+        return _basic(session, env, value.strip())
+    if scheme.lower() == "bearer" and value:
+        return _assertion(session, env, value.strip())
+    raise AuthenticationFailed(_REFUSED)
+
+
+def issue_admin_token(
+    session: Session, env: Env, admin_name: str, ttl: float, ctx: RequestContext, actor: str,
+) -> str:
+    if ttl <= 0:
+        raise PolicyViolation("ttl must be positive")
+    admin = find_admin(session, admin_name)
+    now = env.clock()
+    token = "umfa_" + secrets.token_urlsafe(32)
+    session.add(AdminToken(token_hash=token_hash(token), admin_id=admin.id, created_at=now,
+                           expires_at=now + ttl))
+    audit.record(session, now, actor=actor, action="admin.token", subject=admin_name,
+                 outcome="issued", ctx=ctx, detail={"ttl": int(ttl)})
+    return token
+
+
+def authenticate_admin(session: Session, env: Env, bearer: str) -> str:
+    row = session.get(AdminToken, token_hash(bearer.strip()))
+    if row is None or row.expires_at <= env.clock():
+        raise AuthenticationFailed("admin token unknown or expired")
+    admin = session.get(Admin, row.admin_id)
+    if admin is None:
+        raise AuthenticationFailed("admin token unknown or expired")
+    return admin.name
