@@ -12,12 +12,13 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from pam_unified_mfa.core import MFA, Outcome, UserView
+from pam_unified_mfa.core import MFA, Outcome, Step, UserView
 from pam_unified_mfa.core.accounts import ENFORCEMENTS
 from pam_unified_mfa.core.context import CLI
 from pam_unified_mfa.core.factors import ENROLL_KINDS, EnrollResult
@@ -29,6 +30,7 @@ from pam_unified_mfa.settings import default_home, parse_duration
 
 EXIT_REJECTED = 1
 EXIT_ERROR = 2
+PUSH_POLL_SECONDS = 0.25
 
 
 class CommandError(UnifiedMFAError):
@@ -204,6 +206,11 @@ def cmd_admin(args: argparse.Namespace) -> int:
             _write_enrollment(args, mfa.enroll(args.name, args.kind, admin=True))
         elif args.admin_cmd == "reset":
             _reset(args, mfa, args.name, admin=True)
+        elif args.admin_cmd == "token":
+            ttl = parse_duration(args.ttl) if args.ttl else None
+            token = mfa.issue_admin_token(args.name, ttl)
+            _emit(args, {"admin": args.name, "token": token},
+                  f"{token}\n(admin API token for {args.name}; shown only now)")
     finally:
         mfa.close()
     return 0
@@ -324,24 +331,74 @@ def cmd_bypass(args: argparse.Namespace) -> int:
     return 0
 
 
+def _auth_result(args: argparse.Namespace, step: Step, message: str) -> int:
+    accepted = step.granted
+    if args.json:
+        print(json.dumps({"user": args.user, "outcome": step.outcome.value,
+                          "accepted": accepted, "message": message}, sort_keys=True))
+    elif accepted:
+        print("accepted")
+    if accepted:
+        return 0
+    print(f"unified-mfa: rejected: {message}", file=sys.stderr)
+    return EXIT_ERROR if step.outcome is Outcome.UNAVAILABLE else EXIT_REJECTED
+
+
+def _push(mfa: MFA, args: argparse.Namespace) -> tuple[Step, str]:
+    """Send a push, show the number at once, then follow the dialogue to its decision."""
+    step = mfa.begin(args.user, CLI)
+    if step.finished or step.token is None:
+        return step, step.message
+    step = mfa.answer(step.token, "push", CLI)
+    if step.outcome is not Outcome.PUSH_PENDING or step.token is None:
+        return step, step.message if step.finished else "push not available: " + step.message
+    if args.json:
+        print(json.dumps({"number": step.push_number, "deadline": step.deadline}), flush=True)
+    else:
+        print(step.push_number, flush=True)
+        print(f"choose {step.push_number} on your device", file=sys.stderr, flush=True)
+    token = step.token
+    while True:
+        time.sleep(PUSH_POLL_SECONDS)
+        decided = mfa.poll(token, CLI)
+        if decided.outcome is not Outcome.PUSH_PENDING:
+            return decided, decided.message
+
+
 def cmd_auth(args: argparse.Namespace) -> int:
-    if args.code is None:
-        raise CommandError("auth needs --code CODE")
+    if (args.code is None) == (not args.push):
+        raise CommandError("auth needs exactly one of --code CODE or --push")
     mfa = _open(args)
     try:
-        step = mfa.authenticate_code(args.user, args.code, CLI)
+        if args.push:
+            step, message = _push(mfa, args)
+        else:
+            step = mfa.authenticate_code(args.user, args.code, CLI)
+            # One code, one answer: a dialogue that would ask again counts as a rejection.
+            message = step.message if step.finished else "code not accepted"
     finally:
         mfa.close()
-    accepted = step.granted
-    # One code, one answer: a dialogue that would ask again counts as a rejection here.
-    message = step.message if step.finished else "code not accepted"
-    _emit(args, {"user": args.user, "outcome": step.outcome.value, "accepted": accepted,
-                 "message": message}, "accepted" if accepted else "")
-    if not accepted:
-        print(f"unified-mfa: rejected: {message}", file=sys.stderr)
-        if step.outcome is Outcome.UNAVAILABLE:
-            return EXIT_ERROR
-        return EXIT_REJECTED
+    return _auth_result(args, step, message)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pam_unified_mfa.service.server import run
+
+    home: Path = args.home or default_home()
+    require_home(home)
+    return run(home, args.store, args.listen)
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    key = Path(args.public_key).read_text(encoding="utf-8") if args.public_key else None
+    mfa = _open(args)
+    try:
+        secret = mfa.add_client(args.name, key)
+    finally:
+        mfa.close()
+    _emit(args, {"client": args.name, "secret": secret},
+          f"client {args.name} added" + (f"\nsecret (shown only now): {secret}" if secret
+                                          else " (authenticates with signed assertions)"))
     return 0
 
 
@@ -444,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("reset", cmd_admin, "reset the TOTP of an admin not linked to a user", admins)
     p.add_argument("name")
     reset_options(p)
+    p = add("token", cmd_admin, "issue an admin API token (shown once)", admins)
+    p.add_argument("name")
+    p.add_argument("--ttl", metavar="DURATION", help="lifetime (default from settings: 30d)")
 
     pol = add("policy", cmd_policy, "organisation policy")
     policies = pol.add_subparsers(dest="policy_cmd", required=True)
@@ -499,6 +559,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("auth", cmd_auth, "one full MFA check, as an adapter makes it")
     p.add_argument("user")
     p.add_argument("--code", metavar="CODE")
+    p.add_argument("--push", action="store_true", help="send a push and wait for the decision")
+
+    p = add("serve", cmd_serve, "the HTTP service (device, auth and admin APIs)")
+    p.add_argument("--listen", metavar="HOST:PORT")
+
+    client = add("client", cmd_client, "API clients of the auth API (remote adapters)")
+    client_cmds = client.add_subparsers(dest="client_cmd", required=True)
+    p = add("add", cmd_client, "add a client: a secret, or a public key for assertions",
+            client_cmds)
+    p.add_argument("name")
+    p.add_argument("--public-key", metavar="FILE", help="PEM public key (EdDSA, ES256, RS256)")
 
     audit_parser = add("audit", cmd_audit, "the audit trail")
     audit_cmds = audit_parser.add_subparsers(dest="audit_cmd", required=True)
