@@ -1,0 +1,645 @@
+"""The HTTP service (`unified-mfa serve`, docs/api.md), tested over real HTTP.
+
+Each test starts uvicorn on a free 127.0.0.1 port in a background thread, serving the app built
+around a fresh core (SQLite and PostgreSQL, like every core test); one test runs the installed
+`serve` command instead. Time is real here because device and client signatures carry it, but
+the core's clock can be moved forward (`ShiftedClock`) where a rule needs an expiry. Set-up that
+is not the behaviour under test (users, enrollments, a merge) goes through the core; what a test
+asserts comes from HTTP. Where a test must know that a request is already waiting, it watches
+the service's waiter rather than sleeping.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ipaddress
+import json
+import logging
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+from cryptography.x509.oid import NameOID
+from fastapi import FastAPI
+
+from pam_unified_mfa.core import MFA
+from pam_unified_mfa.enrollment_uri import parse_uri
+from pam_unified_mfa.home import init_home
+from pam_unified_mfa.service import server
+from pam_unified_mfa.service.app import create_app
+from pam_unified_mfa.service.events import ServiceEvents
+from pam_unified_mfa.service.waiter import Waiter
+from tests.helpers import code_for
+
+TIMEOUT = 30.0  # a request that hangs fails the test instead of blocking the suite
+LONG_WAIT = 60  # longer than any test: a wait that returns did so because of the event
+LOGIN = {"service": "vpn", "client_address": "10.0.0.7"}  # what an adapter sends at each step
+
+
+class ShiftedClock:
+    """Real time, plus whatever a test moved it forward by."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """Run `app` in uvicorn on a free loopback port; yields its base URL.
+
+    The socket is bound and listening before uvicorn starts, so the first request simply
+    queues until the server accepts it: no start-up polling.
+    """
+    sock = socket.create_server(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=1)
+    runner = uvicorn.Server(config)
+    thread = threading.Thread(target=runner.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        runner.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
+@dataclass
+class Service:
+    mfa: MFA
+    http: httpx.Client
+    clock: ShiftedClock
+    waiter: Waiter
+
+    def client_auth(self, name: str = "vpn") -> dict[str, str]:
+        """Creates an API client and returns its Basic authorization header."""
+        secret = self.mfa.add_client(name)
+        assert secret is not None
+        value = base64.b64encode(f"{name}:{secret}".encode()).decode()
+        return {"Authorization": f"Basic {value}"}
+
+    def admin_auth(self, name: str, roles: tuple[str, ...] = ()) -> dict[str, str]:
+        self.mfa.add_admin(name, roles=roles)
+        return {"Authorization": f"Bearer {self.mfa.issue_admin_token(name)}"}
+
+
+@pytest.fixture
+def svc(home: Path, store_url: str) -> Iterator[Service]:
+    clock = ShiftedClock()
+    events = ServiceEvents()
+    mfa = MFA.open(home, store=store_url, clock=clock, events=events)
+    app = create_app(mfa, events)
+    try:
+        with serving(app) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as http:
+            yield Service(mfa, http, clock, app.state.runtime.waiter)
+    finally:
+        mfa.close()
+
+
+@pytest.fixture
+def unified(svc: Service) -> Service:
+    """The organisation merged to unified mode, with a user alice (set up through the core)."""
+    svc.mfa.add_admin("root", roles=("billing",))
+    svc.mfa.confirm("root", svc.mfa.preview("root", "merge").confirmation)
+    svc.mfa.add_user("alice")
+    return svc
+
+
+@contextmanager
+def subscribed(svc: Service) -> Iterator[threading.Event]:
+    """Set once a request starts waiting in the service (long-poll or auth wait)."""
+    seen = threading.Event()
+    original = svc.waiter.subscribe
+
+    def subscribe(key: str) -> Any:
+        seen.set()
+        return original(key)
+
+    svc.waiter.subscribe = subscribe  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        del svc.waiter.subscribe
+
+
+def in_background(call: Callable[[], httpx.Response]) -> Future[httpx.Response]:
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(call)
+    pool.shutdown(wait=False)
+    return future
+
+
+class Phone:
+    """A minimal Protect app speaking the device API."""
+
+    def __init__(self, svc: Service, uri: str) -> None:
+        self.svc = svc
+        self.key = Ed25519PrivateKey.generate()
+        token = parse_uri(uri).token
+        assert token is not None
+        self.token = token
+        response = svc.http.post("/v1/device/register",
+                                 json={"token": token, "public_key": self.pem()})
+        assert response.status_code == 200, response.text
+        self.device_id: str = response.json()["device_id"]
+
+    def pem(self, key: Ed25519PrivateKey | None = None) -> str:
+        return (key or self.key).public_key().public_bytes(
+            Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+
+    def auth(self) -> dict[str, str]:
+        now = int(self.svc.clock())
+        token = jwt.encode({"aud": "unified-mfa-device", "iat": now, "exp": now + 60},
+                           self.key, algorithm="EdDSA", headers={"kid": self.device_id})
+        return {"Authorization": f"Bearer {token}"}
+
+    def pushes(self, wait: int = 0) -> list[dict[str, Any]]:
+        response = self.svc.http.get(f"/v1/device/pushes?wait={wait}", headers=self.auth())
+        assert response.status_code == 200, response.text
+        items: list[dict[str, Any]] = response.json()["pushes"]
+        return items
+
+    def signed(self, push_id: str, decision: str, key: Ed25519PrivateKey | None = None,
+               **claims: object) -> str:
+        body = {"sub": push_id, "decision": decision, "iat": int(self.svc.clock()), **claims}
+        return jwt.encode(body, key or self.key, algorithm="EdDSA",
+                          headers={"kid": self.device_id})
+
+    def send(self, push_id: str, answer: str) -> httpx.Response:
+        return self.svc.http.post(f"/v1/device/pushes/{push_id}", json={"answer": answer},
+                                  headers=self.auth())
+
+
+def enrolled_phone(svc: Service, user: str = "alice") -> tuple[Phone, str]:
+    uri = svc.mfa.enroll(user).uri
+    return Phone(svc, uri), uri
+
+
+def push_login(svc: Service, auth: dict[str, str]) -> dict[str, Any]:
+    """An adapter's login up to the pending push: begin, then answer `push`."""
+    begun = svc.http.post("/v1/auth/begin", headers=auth, json={"user": "alice", **LOGIN})
+    assert begun.status_code == 200, begun.text
+    pushed = svc.http.post("/v1/auth/answer", headers=auth,
+                           json={"token": begun.json()["token"], "answer": "push", **LOGIN})
+    step: dict[str, Any] = pushed.json()
+    assert step["outcome"] == "push_pending", step
+    return step
+
+
+def wait_for_decision(svc: Service, auth: dict[str, str], token: str) -> dict[str, Any]:
+    response = svc.http.post("/v1/auth/wait", headers=auth,
+                             json={"token": token, "timeout": LONG_WAIT, **LOGIN})
+    assert response.status_code == 200, response.text
+    step: dict[str, Any] = response.json()
+    return step
+
+
+def metric(svc: Service, name: str) -> float:
+    text = svc.http.get("/metrics").text
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"metric {name} not exposed")
+
+
+# -- health and metrics -----------------------------------------------------------------------
+
+
+def test_healthz_is_ok_when_the_store_answers(svc: Service) -> None:
+    response = svc.http.get("/healthz")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+def test_healthz_is_503_when_the_store_is_gone(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    init_home(home, "https://mfa.example.test", f"sqlite:///{tmp_path / 'store.db'}")
+    events = ServiceEvents()
+    # Port 1 on loopback: nothing listens there, so every connection is refused.
+    gone = MFA.open(home, store="postgresql://mfa@127.0.0.1:1/mfa", migrate=False,
+                    events=events)
+    try:
+        with serving(create_app(gone, events)) as url:
+            response = httpx.get(f"{url}/healthz", timeout=TIMEOUT)
+    finally:
+        gone.close()
+    assert (response.status_code, response.json()) == (503, {"status": "unavailable"})
+
+
+def test_metrics_expose_the_service_counters(unified: Service) -> None:
+    auth = unified.client_auth()
+    enrolled_phone(unified)
+    push_login(unified, auth)
+    assert metric(unified, "unified_mfa_pushes_sent_total") == 1
+    assert metric(unified, "unified_mfa_decisions_total") >= 1
+    for name in ("unified_mfa_push_not_me_total", "unified_mfa_webhook_failures_total",
+                 "unified_mfa_pending_waiters"):
+        assert metric(unified, name) == 0
+
+
+# -- device registration ----------------------------------------------------------------------
+
+
+def test_r05_one_scan_registers_push_and_the_same_uri_totp_logs_in(unified: Service) -> None:
+    _, uri = enrolled_phone(unified)
+    factors = {(f["kind"], f["state"]) for f in unified.http.get(
+        "/v1/admin/users/alice", headers=unified.admin_auth("ops")).json()["factors"]}
+    assert ("protect_push", "active") in factors
+    auth = unified.client_auth()
+    begun = unified.http.post("/v1/auth/begin", headers=auth, json={"user": "alice"}).json()
+    answered = unified.http.post("/v1/auth/answer", headers=auth, json={
+        "token": begun["token"], "answer": code_for(unified.mfa, uri)}).json()
+    assert answered["outcome"] == "accept"
+
+
+def test_r05_a_used_enrollment_token_is_refused_with_400(unified: Service) -> None:
+    phone, _ = enrolled_phone(unified)
+    again = unified.http.post("/v1/device/register", json={
+        "token": phone.token, "public_key": phone.pem(Ed25519PrivateKey.generate())})
+    assert again.status_code == 400
+    assert "used or expired" in again.json()["detail"]
+
+
+def test_r05_an_expired_enrollment_token_is_refused_with_400(unified: Service) -> None:
+    uri = unified.mfa.enroll("alice").uri
+    unified.clock.advance(unified.mfa.env.seconds(unified.mfa.settings.enrollment.token_ttl) + 1)
+    response = unified.http.post("/v1/device/register", json={
+        "token": parse_uri(uri).token,
+        "public_key": Ed25519PrivateKey.generate().public_key().public_bytes(
+            Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()})
+    assert response.status_code == 400
+    assert "expired" in response.json()["detail"]
+
+
+def test_device_calls_signed_by_another_key_are_401(unified: Service) -> None:
+    phone, _ = enrolled_phone(unified)
+    phone.key = Ed25519PrivateKey.generate()
+    response = unified.http.get("/v1/device/pushes", headers=phone.auth())
+    assert response.status_code == 401
+
+
+# -- push over HTTP (S03, S04) ----------------------------------------------------------------
+
+
+def test_long_poll_returns_a_push_created_while_it_waits(unified: Service) -> None:
+    auth = unified.client_auth()
+    phone, _ = enrolled_phone(unified)
+    with subscribed(unified) as waiting:
+        poll = in_background(lambda: unified.http.get(
+            f"/v1/device/pushes?wait={LONG_WAIT}", headers=phone.auth()))
+        assert waiting.wait(TIMEOUT)
+        step = push_login(unified, auth)
+        pushes = poll.result(TIMEOUT).json()["pushes"]
+    assert len(pushes) == 1
+    assert step["push_number"] in pushes[0]["choices"]
+    assert (pushes[0]["user"], pushes[0]["service"], pushes[0]["client"]) == (
+        "alice", "vpn", "10.0.0.7")
+
+
+def test_s03_an_approval_with_the_right_number_makes_wait_accept(unified: Service) -> None:
+    auth = unified.client_auth()
+    phone, _ = enrolled_phone(unified)
+    step = push_login(unified, auth)
+    with subscribed(unified) as waiting:
+        decision = in_background(lambda: unified.http.post(
+            "/v1/auth/wait", headers=auth, json={"token": step["token"], "timeout": LONG_WAIT,
+                                             **LOGIN}))
+        assert waiting.wait(TIMEOUT)
+        (push,) = phone.pushes()
+        answered = phone.send(push["id"], phone.signed(push["id"], "approve",
+                                                       number=step["push_number"]))
+        result = decision.result(TIMEOUT).json()
+    assert answered.json() == {"status": "approved"}
+    assert result["outcome"] == "accept"
+
+
+def test_s03_a_denied_push_makes_wait_reject(unified: Service) -> None:
+    auth = unified.client_auth()
+    phone, _ = enrolled_phone(unified)
+    step = push_login(unified, auth)
+    (push,) = phone.pushes()
+    assert phone.send(push["id"], phone.signed(push["id"], "deny")).json() == {
+        "status": "denied"}
+    assert wait_for_decision(unified, auth, step["token"])["outcome"] == "reject"
+
+
+def test_s03_the_wrong_number_rejects_the_login(unified: Service) -> None:
+    auth = unified.client_auth()
+    phone, _ = enrolled_phone(unified)
+    step = push_login(unified, auth)
+    (push,) = phone.pushes()
+    wrong = next(c for c in push["choices"] if c != step["push_number"])
+    answered = phone.send(push["id"], phone.signed(push["id"], "approve", number=wrong))
+    assert answered.json() == {"status": "wrong_number"}
+    assert wait_for_decision(unified, auth, step["token"])["outcome"] == "reject"
+
+
+def test_s03_a_replayed_answer_is_409(unified: Service) -> None:
+    auth = unified.client_auth()
+    phone, _ = enrolled_phone(unified)
+    step = push_login(unified, auth)
+    (push,) = phone.pushes()
+    answer = phone.signed(push["id"], "approve", number=step["push_number"])
+    assert phone.send(push["id"], answer).status_code == 200
+    replay = phone.send(push["id"], answer)
+    assert replay.status_code == 409
+    assert isinstance(replay.json()["detail"], str)
+
+
+def test_s03_an_answer_signed_by_another_key_is_401_and_decides_nothing(
+        unified: Service) -> None:
+    auth = unified.client_auth()
+    phone, _ = enrolled_phone(unified)
+    step = push_login(unified, auth)
+    (push,) = phone.pushes()
+    forged = phone.signed(push["id"], "approve", key=Ed25519PrivateKey.generate(),
+                          number=step["push_number"])
+    assert phone.send(push["id"], forged).status_code == 401
+    still = unified.http.post("/v1/auth/wait", headers=auth,
+                              json={"token": step["token"], "timeout": 0, **LOGIN}).json()
+    assert still["outcome"] == "push_pending"
+
+
+def test_s04_a_not_me_denial_is_counted_and_logged_as_an_alert(
+        unified: Service, caplog: pytest.LogCaptureFixture) -> None:
+    auth = unified.client_auth()
+    phone, _ = enrolled_phone(unified)
+    push_login(unified, auth)
+    (push,) = phone.pushes()
+    with caplog.at_level(logging.WARNING, logger="unified_mfa.service"):
+        answered = phone.send(push["id"], phone.signed(push["id"], "deny", not_me=True))
+    assert answered.json() == {"status": "denied_not_me"}
+    assert metric(unified, "unified_mfa_push_not_me_total") == 1
+    assert any("not me" in r.getMessage() and r.levelno == logging.WARNING
+               for r in caplog.records if r.name == "unified_mfa.service")
+
+
+def test_r10_after_a_merge_the_device_gets_its_totp_and_its_ack_erases_it(
+        svc: Service) -> None:
+    svc.mfa.add_user("alice")
+    phone = Phone(svc, svc.mfa.enroll("alice", "push").uri)
+    svc.mfa.add_admin("root", roles=("billing",))
+    svc.mfa.confirm("root", svc.mfa.preview("root", "merge").confirmation)
+    (message,) = svc.http.get("/v1/device/messages", headers=phone.auth()).json()["messages"]
+    assert message["kind"] == "migrated"
+    assert json.loads(message["payload"])["totp_uri"].startswith("otpauth://totp/")
+    acked = svc.http.post(f"/v1/device/messages/{message['id']}/ack", headers=phone.auth())
+    assert acked.status_code == 204
+    assert svc.http.get("/v1/device/messages", headers=phone.auth()).json() == {"messages": []}
+
+
+# -- auth API: clients and rate ---------------------------------------------------------------
+
+
+def test_auth_api_accepts_a_client_secret(unified: Service) -> None:
+    response = unified.http.post("/v1/auth/begin", headers=unified.client_auth(),
+                                 json={"user": "alice"})
+    assert response.status_code == 200
+    assert response.json()["message"]
+
+
+def test_auth_api_continues_a_dialogue_only_for_the_client_address_it_began_with(
+        unified: Service) -> None:
+    auth = unified.client_auth()
+    enrolled_phone(unified)
+    begun = unified.http.post("/v1/auth/begin", headers=auth, json={"user": "alice", **LOGIN})
+    elsewhere = unified.http.post("/v1/auth/answer", headers=auth, json={
+        "token": begun.json()["token"], "answer": "push", "client_address": "10.6.6.6"})
+    assert elsewhere.json()["outcome"] == "reject"
+
+
+def test_auth_api_refuses_a_wrong_client_secret_with_401(unified: Service) -> None:
+    unified.mfa.add_client("vpn")
+    wrong = base64.b64encode(b"vpn:not-the-secret").decode()
+    response = unified.http.post("/v1/auth/begin", headers={"Authorization": f"Basic {wrong}"},
+                                 json={"user": "alice"})
+    assert response.status_code == 401
+
+
+def assertion(svc: Service, key: Ed25519PrivateKey, name: str) -> str:
+    now = int(svc.clock())
+    audience = svc.mfa.settings.public_url.rstrip("/") + "/v1/auth"
+    return jwt.encode({"iss": name, "sub": name, "aud": audience, "iat": now, "exp": now + 60,
+                       "jti": str(uuid.uuid4())}, key, algorithm="EdDSA")
+
+
+def keyed_client(svc: Service, name: str = "keycloak") -> Ed25519PrivateKey:
+    key = Ed25519PrivateKey.generate()
+    svc.mfa.add_client(name, key.public_key().public_bytes(
+        Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode())
+    return key
+
+
+def test_auth_api_accepts_a_signed_client_assertion(unified: Service) -> None:
+    key = keyed_client(unified)
+    response = unified.http.post(
+        "/v1/auth/begin", json={"user": "alice"},
+        headers={"Authorization": f"Bearer {assertion(unified, key, 'keycloak')}"})
+    assert response.status_code == 200
+
+
+def test_auth_api_refuses_a_replayed_client_assertion_with_401(unified: Service) -> None:
+    headers = {"Authorization": f"Bearer {assertion(unified, keyed_client(unified), 'keycloak')}"}
+    first = unified.http.post("/v1/auth/begin", json={"user": "alice"}, headers=headers)
+    again = unified.http.post("/v1/auth/begin", json={"user": "alice"}, headers=headers)
+    assert (first.status_code, again.status_code) == (200, 401)
+
+
+@pytest.mark.parametrize("settings_extra", ["[service]\nclient_rate = 1\nclient_burst = 2"])
+def test_auth_api_answers_429_past_the_client_rate(unified: Service) -> None:
+    auth = unified.client_auth()
+    statuses = [unified.http.post("/v1/auth/begin", headers=auth,
+                                  json={"user": "alice"}).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+
+
+def test_a_malformed_body_gets_a_one_line_422(unified: Service) -> None:
+    response = unified.http.post("/v1/auth/begin", headers=unified.client_auth(), json={})
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and "user" in detail
+
+
+# -- admin API (R02, R03) ---------------------------------------------------------------------
+
+
+def test_admin_api_refuses_an_unknown_token_with_401(svc: Service) -> None:
+    response = svc.http.get("/v1/admin/users", headers={"Authorization": "Bearer umfa_nope"})
+    assert response.status_code == 401
+
+
+def test_r02_a_non_billing_admin_token_cannot_preview_a_merge(svc: Service) -> None:
+    auth = svc.admin_auth("ops")
+    refused = svc.http.post("/v1/admin/policy/preview", headers=auth, json={"action": "merge"})
+    assert refused.status_code == 403
+    assert "billing" in refused.json()["detail"]
+    assert svc.http.get("/v1/admin/policy", headers=auth).json()["mode"] == "separated"
+
+
+def test_r02_a_non_billing_admin_token_cannot_grant_the_billing_role(svc: Service) -> None:
+    auth = svc.admin_auth("ops")
+    refused = svc.http.post("/v1/admin/admins", headers=auth,
+                            json={"name": "mallory", "roles": ["billing"]})
+    assert refused.status_code == 403
+    names = [a["name"] for a in svc.http.get("/v1/admin/admins", headers=auth).json()["admins"]]
+    assert "mallory" not in names
+
+
+def test_r03_a_billing_admin_merges_in_two_steps_over_the_api(svc: Service) -> None:
+    auth = svc.admin_auth("boss", roles=("billing",))
+    preview = svc.http.post("/v1/admin/policy/preview", headers=auth, json={"action": "merge"})
+    assert preview.status_code == 200
+    assert svc.http.get("/v1/admin/policy", headers=auth).json()["mode"] == "separated"
+    confirmed = svc.http.post("/v1/admin/policy/confirm", headers=auth,
+                              json={"confirmation": preview.json()["confirmation"]})
+    assert confirmed.status_code == 200
+    assert confirmed.json()["policy"]["mode"] == "unified"
+    entries = svc.http.get("/v1/admin/audit?n=10", headers=auth).json()["entries"]
+    policy_steps = [(e["actor"], e["adapter"]) for e in entries if e["action"].startswith("policy")]
+    assert len(policy_steps) == 2 and set(policy_steps) == {("boss", "api")}
+
+
+# -- webhook ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def receiver() -> Iterator[tuple[str, list[dict[str, Any]], threading.Event]]:
+    """A tiny webhook receiver on 127.0.0.1: yields its URL, the bodies, and a 'got one' flag."""
+    bodies: list[dict[str, Any]] = []
+    got = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            bodies.append(json.loads(self.rfile.read(length)))
+            self.send_response(204)
+            self.end_headers()
+            got.set()
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/hook", bodies, got
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_webhook_notifier_posts_the_push_id_to_the_device_endpoint(unified: Service) -> None:
+    auth = unified.client_auth()
+    phone, _ = enrolled_phone(unified)
+    with receiver() as (url, bodies, got):
+        registered = unified.http.put("/v1/device/endpoint", json={"url": url},
+                                      headers=phone.auth())
+        assert registered.status_code == 204
+        push_login(unified, auth)
+        assert got.wait(TIMEOUT)
+    (push,) = phone.pushes()
+    assert bodies == [{"type": "push", "id": push["id"]}]
+
+
+# -- the serve command ------------------------------------------------------------------------
+
+
+def test_plain_http_on_a_non_loopback_address_is_refused(
+        home: Path, store_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert server.run(home, store_url, "0.0.0.0:0") == 2
+    err = capsys.readouterr().err
+    assert "refusing plain HTTP" in err and len(err.strip().splitlines()) == 1
+
+
+@contextmanager
+def serve_command(home: Path, store_url: str, log_path: Path) -> Iterator[str]:
+    """`unified-mfa serve --listen 127.0.0.1:0` in a subprocess; yields its first stdout line.
+
+    The line is printed once the socket listens, so requests may follow it at once.
+    """
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pam_unified_mfa.cli.main", "serve", "--home", str(home),
+             "--store", store_url, "--listen", "127.0.0.1:0"],
+            stdout=subprocess.PIPE, stderr=log_file, text=True)
+        try:
+            assert process.stdout is not None
+            yield process.stdout.readline()
+        finally:
+            process.terminate()
+            process.wait(timeout=TIMEOUT)
+
+
+def port_of(line: str, scheme: str) -> int:
+    assert f"listening on {scheme}://127.0.0.1:" in line, line
+    return int(line.split("127.0.0.1:")[1].split(";")[0])
+
+
+def test_serve_command_listens_where_it_says_and_answers_healthz(
+        home: Path, store_url: str, tmp_path: Path) -> None:
+    with serve_command(home, store_url, tmp_path / "serve.log") as line:
+        assert "https://mfa.example.test" in line  # where devices enroll: the public URL
+        port = port_of(line, "http")
+        response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=TIMEOUT)
+    assert response.json() == {"status": "ok"}
+
+
+def self_signed(directory: Path) -> Path:
+    """A certificate for 127.0.0.1 and its key, as tls.crt and tls.key; returns the cert."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    (directory / "tls.crt").write_bytes(cert.public_bytes(Encoding.PEM))
+    (directory / "tls.key").write_bytes(key.private_bytes(
+        Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    return directory / "tls.crt"
+
+
+@pytest.mark.parametrize("settings_extra",
+                         ['[service]\ntls_cert = "tls.crt"\ntls_key = "tls.key"'])
+def test_serve_command_uses_the_configured_tls_certificate(
+        home: Path, store_url: str, tmp_path: Path) -> None:
+    cert = self_signed(home)
+    with serve_command(home, store_url, tmp_path / "serve.log") as line:
+        port = port_of(line, "https")
+        trust = ssl.create_default_context(cafile=str(cert))
+        response = httpx.get(f"https://127.0.0.1:{port}/healthz", timeout=TIMEOUT, verify=trust)
+    assert response.json() == {"status": "ok"}
