@@ -351,12 +351,21 @@ def _wait_until_healthy(service: Service, log: Path) -> None:
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[Service]:
+def service_settings() -> str:
+    """TOML appended to the service's settings; a test parametrizes it to change one rule."""
+    return ""
+
+
+@pytest.fixture
+def service(tmp_path: Path, service_settings: str) -> Iterator[Service]:
     home = tmp_path / "server"
     url = f"http://127.0.0.1:{free_port()}"
     env = {**os.environ, "UNIFIED_MFA_HOME": str(home)}
     subprocess.run([str(SERVER), "init", "--public-url", url], env=env, check=True,
                    capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
+    if service_settings:
+        with (home / "unified-mfa.toml").open("a", encoding="utf-8") as settings:
+            settings.write("\n" + service_settings + "\n")
     log = tmp_path / "serve.log"
     with log.open("wb") as sink:
         process = subprocess.Popen([str(SERVER), "serve"], env=env, stdout=sink, stderr=sink,
@@ -439,6 +448,35 @@ def test_s03_an_answer_to_an_already_decided_push_is_a_one_line_error(
     app.ok("approve", push["id"], "--number", number)
     assert login.result()[0] == 0
     assert_one_line_error(app("approve", push["id"], "--number", number), 2, "HTTP 4")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("service_settings", ['[push]\ntimeout = "2s"'])
+def test_s03_an_unanswered_push_exits_1_at_its_deadline(
+    service: Service, app: App, tmp_path: Path,
+) -> None:
+    service.merge()
+    service.enroll(app, "alice", tmp_path)
+    login = service.push_login("alice")
+    login.number()
+    code, result = login.result()
+    assert code == 1 and result["accepted"] is False and "expired" in result["message"]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("service_settings", ["[push]\nmax_per_window = 1"])
+def test_s04_the_push_rate_limit_trips_for_the_second_push(
+    service: Service, app: App, tmp_path: Path,
+) -> None:
+    service.merge()
+    service.enroll(app, "alice", tmp_path)
+    first = service.push_login("alice")
+    push = _pending_push(app, first.number())
+    app.ok("deny", push["id"])
+    assert first.result()[0] == 1
+    second = service.cli("auth", "alice", "--push", "--json")
+    assert second.returncode == 1
+    assert "Too many push requests" in second.stderr
 
 
 @pytest.mark.e2e
