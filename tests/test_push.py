@@ -184,3 +184,34 @@ def test_push_answer_iat_from_real_time_is_refused_under_a_frozen_clock(unified:
                        device.key, algorithm="EdDSA", headers={"kid": device.factor_id})
     with pytest.raises(PushError, match="too old"):
         unified.answer_push(stale)
+
+
+def test_s03_a_forged_answer_is_audited(unified: MFA) -> None:
+    device = Device(unified, unified.enroll("alice").uri)
+    step = push_login(unified)
+    challenge = unified.pending_pushes(device.factor_id)[0].id
+    with pytest.raises(PushError):
+        unified.answer_push(device.sign(challenge, "approve", key=Ed25519PrivateKey.generate(),
+                                        number=step.push_number))
+    assert any(e.outcome == "forged" for e in unified.audit_tail(20))
+
+
+def test_s03_a_replayed_answer_is_audited(unified: MFA) -> None:
+    device = Device(unified, unified.enroll("alice").uri)
+    step = push_login(unified)
+    challenge = unified.pending_pushes(device.factor_id)[0].id
+    signed = device.sign(challenge, "approve", number=step.push_number)
+    unified.answer_push(signed)
+    with pytest.raises(PushError):
+        unified.answer_push(signed)
+    assert any(e.outcome == "replayed" for e in unified.audit_tail(20))
+
+
+def test_s03_a_late_answer_is_audited(unified: MFA, clock: FakeClock) -> None:
+    device = Device(unified, unified.enroll("alice").uri)
+    step = push_login(unified)
+    challenge = unified.pending_pushes(device.factor_id)[0].id
+    clock.advance(unified.env.seconds(unified.settings.push.timeout) + 1)
+    with pytest.raises(PushError, match="expired"):
+        unified.answer_push(device.sign(challenge, "approve", number=step.push_number))
+    assert any(e.outcome == "late_answer" for e in unified.audit_tail(20))

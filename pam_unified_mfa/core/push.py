@@ -172,12 +172,13 @@ def pending_for_device(session: Session, env: Env, factor_id: str) -> list[PushV
                      tuple(c.choices.split(","))) for c in rows]
 
 
-def answer(session: Session, env: Env, signed: str, ctx: RequestContext) -> str:
+def answer(session: Session, env: Env, signed: str, ctx: RequestContext) -> str | PushError:
     """Verify a device's signed answer and decide the challenge once. Returns the new status.
 
     The JWT header names the device (`kid` = push factor id); claims: `sub` the challenge id,
     `decision` approve|deny, `number` the number picked (for approve), `not_me` (for deny),
-    `iat` recent. Anything wrong is refused and audited; a replay finds the challenge decided.
+    `iat` recent. A forged, replayed or late answer is audited and *returned* as a PushError,
+    for the caller to raise once the audit record is committed.
     """
     now = env.clock()
     try:
@@ -196,8 +197,7 @@ def answer(session: Session, env: Env, signed: str, ctx: RequestContext) -> str:
     except jwt.PyJWTError:
         audit.record(session, now, actor=account.name, action="mfa.push", subject=account.name,
                      outcome="forged", ctx=ctx, detail={"factor": factor.id})
-        raise PushError("push answer signature is not valid for this device",
-                        "forged") from None
+        return PushError("push answer signature is not valid for this device", "forged")
     issued = float(claims["iat"])
     if not now - ANSWER_MAX_AGE <= issued <= now + 30:
         raise PushError("push answer is too old or from the future", "expired")
@@ -207,9 +207,11 @@ def answer(session: Session, env: Env, signed: str, ctx: RequestContext) -> str:
     if challenge.status != "pending":
         audit.record(session, now, actor=account.name, action="mfa.push", subject=account.name,
                      outcome="replayed", ctx=ctx, detail={"factor": factor.id})
-        raise PushError("this push request was already answered", "replayed")
+        return PushError("this push request was already answered", "replayed")
     if challenge.expires_at <= now:
-        raise PushError("this push request has expired", "expired")
+        audit.record(session, now, actor=account.name, action="mfa.push", subject=account.name,
+                     outcome="late_answer", ctx=ctx, detail={"factor": factor.id})
+        return PushError("this push request has expired", "expired")
     decision = claims["decision"]
     if decision == "approve":
         picked = str(claims.get("number", ""))

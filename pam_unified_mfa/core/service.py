@@ -263,7 +263,10 @@ class MFA:
     def answer_push(self, signed: str, ctx: RequestContext = CLI) -> str:
         """A device's signed approve/deny (S03); returns the challenge's new status."""
         with self._tx() as s:
-            return push.answer(s, self.env, signed, ctx)
+            result = push.answer(s, self.env, signed, ctx)
+        if isinstance(result, push.PushError):
+            raise result  # after the commit: the refusal's audit record is kept
+        return result
 
     def device_messages(self, device_id: str) -> list[dict[str, str]]:
         """Undelivered messages for a push device (the TOTP a merge gave it, R10), decrypted."""
