@@ -7,7 +7,6 @@ one line on stderr and never a traceback or a secret.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any, NoReturn
 
 from pam_unified_mfa.authenticator import commands
 from pam_unified_mfa.authenticator.commands import EXIT_ERROR, PROG
-from pam_unified_mfa.errors import UnifiedMFAError
+from pam_unified_mfa.cli.guard import run_command
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,27 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, default in (("home", None), ("json", False)):
         if not hasattr(args, name):
             setattr(args, name, default)
-    try:
-        code: int = args.handler(args)
-    except UnifiedMFAError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        return 130
-    except OSError as exc:
-        # E.g. an unwritable --home: the path says which, and holds no secret.
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"{PROG}: {exc.strerror or type(exc).__name__}{where}", file=sys.stderr)
-        return EXIT_ERROR
-    except Exception as exc:
-        # A bug must not look like a rejection nor spill a traceback (which could show a
-        # key) into a script's output; UNIFIED_MFA_DEBUG=1 shows it.
-        if os.environ.get("UNIFIED_MFA_DEBUG") == "1":
-            raise
-        print(f"{PROG}: internal error ({type(exc).__name__}); "
-              "rerun with UNIFIED_MFA_DEBUG=1 for details", file=sys.stderr)
-        return EXIT_ERROR
-    return code
+    return run_command(PROG, args.handler, args)
 
 
 if __name__ == "__main__":

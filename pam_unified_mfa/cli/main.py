@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+from pam_unified_mfa.cli.guard import run_command
 from pam_unified_mfa.core import MFA, Outcome, Step, UserView
 from pam_unified_mfa.core.accounts import ENFORCEMENTS
 from pam_unified_mfa.core.context import CLI
@@ -589,22 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, default in (("home", None), ("store", None), ("json", False)):
         if not hasattr(args, name):
             setattr(args, name, default)
-    try:
-        code: int = args.handler(args)
-    except UnifiedMFAError as exc:
-        print(f"unified-mfa: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:
-        # A bug must not look like a rejected login (exit 1) nor spill a traceback into a
-        # script's output; UNIFIED_MFA_DEBUG=1 shows it.
-        if os.environ.get("UNIFIED_MFA_DEBUG") == "1":
-            raise
-        print(f"unified-mfa: internal error ({type(exc).__name__}); "
-              "rerun with UNIFIED_MFA_DEBUG=1 for details", file=sys.stderr)
-        return EXIT_ERROR
-    return code
+    return run_command("unified-mfa", args.handler, args)
 
 
 if __name__ == "__main__":
