@@ -389,6 +389,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run(home, args.store, args.listen)
 
 
+def cmd_pamd(args: argparse.Namespace) -> int:
+    from pam_unified_mfa.pamd.server import run
+
+    home: Path = args.home or default_home()
+    require_home(home)
+    return run(home, args.store, Path(args.socket))
+
+
 def cmd_client(args: argparse.Namespace) -> int:
     key = Path(args.public_key).read_text(encoding="utf-8") if args.public_key else None
     mfa = _open(args)
@@ -563,6 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("serve", cmd_serve, "the HTTP service (device, auth and admin APIs)")
     p.add_argument("--listen", metavar="HOST:PORT")
+
+    p = add("pamd", cmd_pamd, "the local daemon behind the PAM module")
+    p.add_argument("--socket", metavar="PATH", default="/run/unified-mfa/pamd.sock")
 
     client = add("client", cmd_client, "API clients of the auth API (remote adapters)")
     client_cmds = client.add_subparsers(dest="client_cmd", required=True)

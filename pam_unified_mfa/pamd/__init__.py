@@ -1,0 +1,1 @@
+"""`unified-mfa pamd`: the local daemon behind the PAM module (docs/pam-protocol.md)."""
