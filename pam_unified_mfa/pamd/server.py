@@ -1,11 +1,191 @@
-"""Placeholder until the daemon lands: refuses to start with a clear message."""
+"""`unified-mfa pamd --socket PATH`: the Unix socket server behind the PAM module.
+
+One asyncio server, one `Session` per connection, every core call in a worker thread (the store
+is synchronous SQLAlchemy), so slow pushes do not hold up other logins. Only root and the
+daemon's own uid may talk to it (SO_PEERCRED); its socket is 0600 in a 0700 directory, or comes
+from systemd socket activation. One log line per connection says what was decided, never what
+was typed.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+import struct
 from pathlib import Path
 
+from pam_unified_mfa.core import MFA
 from pam_unified_mfa.errors import ConfigError
+from pam_unified_mfa.pamd import protocol as p
+from pam_unified_mfa.pamd.session import POLL_INTERVAL, Abandoned, Session
+
+log = logging.getLogger("unified_mfa.pamd")
+
+SD_LISTEN_FDS_START = 3
+BACKLOG = 64
+_UCRED = struct.Struct("3i")  # pid, uid, gid
+
+
+def peer_uid(sock: socket.socket) -> int:
+    _pid, uid, _gid = _UCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    return int(uid)
+
+
+def trusted(uid: int) -> bool:
+    """Root (sshd and other PAM applications) and the daemon's own uid (tests, development)."""
+    return uid in (0, os.geteuid())
+
+
+def activated_socket() -> socket.socket | None:
+    """The listening socket systemd passed (LISTEN_FDS=1 for this process), else None."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    count = os.environ.get("LISTEN_FDS")
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    if count != "1":
+        raise ConfigError("socket activation must pass exactly one socket (LISTEN_FDS=1)")
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        raise ConfigError("the activated socket is not a Unix stream socket")
+    sock.setblocking(False)
+    return sock
+
+
+def _remove_stale(path: Path) -> None:
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"{path} exists and is not a socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)
+            return
+    raise ConfigError(f"another daemon is listening on {path}")
+
+
+def bind_socket(path: Path) -> socket.socket:
+    """Create the socket: its directory 0700 if missing, the socket 0600, a stale one removed."""
+    directory = path.parent
+    if not directory.exists():
+        directory.mkdir(mode=0o700, parents=True)
+        os.chmod(directory, 0o700)
+    info = directory.stat()
+    if info.st_uid not in (0, os.geteuid()) or info.st_mode & 0o022:
+        log.warning("pamd: %s is writable by others or not owned by root; the PAM module will "
+                    "refuse to connect", directory)
+    _remove_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {path}: {exc.strerror or exc}") from None
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+async def handle(mfa: MFA, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 deadline: float, poll_interval: float = POLL_INTERVAL) -> None:
+    """One connection: check the peer, run the dialogue within the deadline, log the decision."""
+    uid = peer_uid(writer.get_extra_info("socket"))
+    if not trusted(uid):
+        log.warning("pamd: refused a connection from uid %d", uid)
+        writer.close()
+        return
+    session = Session(mfa, reader, writer, poll_interval)
+    try:
+        decision = await _decide(session, deadline)
+        request = session.request
+        if request is None:
+            log.info("pamd: uid=%d %s", uid, decision)
+        else:
+            log.info("pamd: user=%s service=%s rhost=%s uid=%d %s", request.user,
+                     request.ctx.service or "-", request.ctx.client, uid, decision)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def _decide(session: Session, deadline: float) -> str:
+    """Run the dialogue; what was decided, or why the connection ends without a verdict."""
+    try:
+        return await asyncio.wait_for(session.run(), deadline)
+    except p.ProtocolError as exc:
+        return f"closed: protocol error: {exc}"
+    except Abandoned:
+        return "abandoned: the module closed the connection"
+    except TimeoutError:
+        return f"abandoned: no verdict within {deadline:g}s"
+    except Exception:
+        log.exception("pamd: the dialogue failed")
+        return "closed: internal error"
+
+
+async def serve(mfa: MFA, listener: socket.socket, stop: asyncio.Event, deadline: float,
+                poll_interval: float = POLL_INTERVAL) -> None:
+    """Accept connections on `listener` until `stop` is set."""
+    async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handle(mfa, reader, writer, deadline, poll_interval)
+        except asyncio.CancelledError:  # the daemon is stopping: the module applies its fail mode
+            log.info("pamd: a dialogue was cut short by the daemon stopping")
+
+    server = await asyncio.start_unix_server(connected, sock=listener, limit=p.MAX_LINE)
+    async with server:
+        await stop.wait()
+
+
+def session_deadline(mfa: MFA) -> float:
+    """Longest a connection may last: the dialogue's lifetime plus a whole push wait."""
+    settings = mfa.settings
+    return mfa.env.seconds(settings.dialogue.ttl) + mfa.env.seconds(settings.push.timeout)
+
+
+async def _main(mfa: MFA, listener: socket.socket, where: str) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("pamd: listening on %s", where)
+    await serve(mfa, listener, stop, session_deadline(mfa))
+    log.info("pamd: stopped")
 
 
 def run(home: Path, store: str | None, socket_path: Path) -> int:
-    raise ConfigError("pamd is not available in this build")
+    logging.getLogger("unified_mfa.pamd").setLevel(logging.INFO)
+    mfa = MFA.open(home, store=store)
+    try:
+        listener = activated_socket()
+        created: os.stat_result | None = None
+        if listener is None:
+            listener = bind_socket(socket_path)
+            created = socket_path.lstat()
+        try:
+            asyncio.run(_main(mfa, listener, "the activated socket" if created is None
+                              else str(socket_path)))
+        finally:
+            listener.close()
+            if created is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    if socket_path.lstat().st_ino == created.st_ino:
+                        socket_path.unlink()
+    finally:
+        mfa.close()
+    return 0
