@@ -327,20 +327,44 @@ static int connect_daemon(struct session *s, const char *path)
 /*
  * One pam_conv call with the collected INFO/ERROR messages plus `text` in `style` (when
  * `text` is not NULL). For a prompt, the answer moves to s->answer. Consumes the messages.
+ * Consecutive messages of one style travel as one message joined by newlines: applications
+ * cap the messages of a call (sshd at PAM_MAX_NUM_MSG, 32), and a QR code is many lines.
  */
 static int converse(struct session *s, int style, const char *text)
 {
     struct pam_message m[UMFA_MAX_MESSAGES + 1];
     const struct pam_message *mp[UMFA_MAX_MESSAGES + 1];
+    char *joined[UMFA_MAX_MESSAGES];
     struct pam_response *resp = NULL;
     const struct pam_conv *conv = NULL;
     int prompt = style == PAM_PROMPT_ECHO_OFF || style == PAM_PROMPT_ECHO_ON;
-    int n = 0, rc = PAM_SUCCESS;
+    int n = 0, n_joined = 0, rc = PAM_SUCCESS;
 
-    for (; n < s->n_msg; n++) {
-        m[n].msg_style = s->style[n];
-        m[n].msg = s->msg[n];
+    for (int i = 0; i < s->n_msg; i++) {
+        if (n > 0 && m[n - 1].msg_style == s->style[i]) {
+            size_t have = strlen(joined[n - 1]), add = strlen(s->msg[i]);
+            char *grown = realloc(joined[n - 1], have + add + 2);
+
+            if (grown == NULL) {
+                rc = PAM_BUF_ERR;
+                goto done;
+            }
+            grown[have] = '\n';
+            memcpy(grown + have + 1, s->msg[i], add + 1);
+            joined[n - 1] = grown;
+            m[n - 1].msg = grown;
+            continue;
+        }
+        joined[n] = strdup(s->msg[i]);
+        if (joined[n] == NULL) {
+            rc = PAM_BUF_ERR;
+            goto done;
+        }
+        n_joined = n + 1;
+        m[n].msg_style = s->style[i];
+        m[n].msg = joined[n];
         mp[n] = &m[n];
+        n++;
     }
     if (text != NULL) {
         m[n].msg_style = style;
@@ -376,6 +400,8 @@ done:
     for (int i = 0; resp != NULL && i < n; i++)
         wipe_free(&resp[i].resp);
     free(resp);
+    for (int i = 0; i < n_joined; i++)
+        free(joined[i]);
     clear_messages(s);
     return rc;
 }
