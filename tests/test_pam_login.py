@@ -560,3 +560,22 @@ def test_ssh_enroll_at_login_shows_the_qr_code_and_takes_the_first_code(
     login = ssh_login(ssh_service, linux_user, by_prompt(linux_user, first_code, seen=seen))
     assert login.accepted
     assert "\u2588" in login.prompts[-1]
+
+
+@pytest.mark.e2e
+def test_r05_ssh_enroll_at_login_shows_the_unified_qr_code(
+        ssh_service: Sshd, linux_user: LinuxUser, core: MFA) -> None:
+    """A unified enrollment's QR code is longer than sshd's 32 messages a call, line by line."""
+    core.add_admin("boss", roles=("billing",))
+    core.confirm("boss", core.preview("boss", "merge").confirmation)
+    core.add_user(linux_user.name)
+    core.set_enforcement(linux_user.name, "enroll_at_login")
+    seen: list[str] = []
+
+    def first_code() -> str:
+        uri = next(line for line in seen[-1].splitlines() if line.startswith("otpauth://"))
+        assert "enroll_token=" in uri  # the Protect app can register push from the same QR
+        return now_code(core, secret_of(uri))
+
+    login = ssh_login(ssh_service, linux_user, by_prompt(linux_user, first_code, seen=seen))
+    assert login.accepted
