@@ -122,6 +122,16 @@ class ServiceSettings:
 
 
 @dataclass(frozen=True)
+class PamdSettings:
+    """`unified-mfa pamd`: the local store, or a central `unified-mfa serve` (docs/pam.md)."""
+
+    server: str = ""
+    client: str = ""
+    client_secret_file: str = ""
+    timeout: str = "10s"
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything `unified-mfa.toml` may say; defaults are the safe choice."""
 
@@ -136,6 +146,7 @@ class Settings:
     push: PushSettings = field(default_factory=PushSettings)
     confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
+    pamd: PamdSettings = field(default_factory=PamdSettings)
 
     def __post_init__(self) -> None:
         if self.fail_mode not in ("secure", "safe"):
@@ -165,6 +176,12 @@ class Settings:
         if self.service.client_rate < 1 or self.service.client_burst < 1:
             raise ConfigError("[service] client_rate and client_burst must be at least 1")
         parse_duration(self.service.admin_token_ttl)
+        if self.pamd.server and (not self.pamd.server.startswith(("http://", "https://"))
+                                 or not self.pamd.client or not self.pamd.client_secret_file):
+            raise ConfigError("[pamd] server must be an http(s) URL, with client and "
+                              "client_secret_file set")
+        if parse_duration(self.pamd.timeout) <= 0:
+            raise ConfigError("[pamd] timeout must be more than 0")
         if not 8 <= self.bypass.length <= 20:
             raise ConfigError("[bypass] length must be between 8 and 20 digits")
         # Every text setting of these sections is a duration: check them all once, at load.

@@ -392,8 +392,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_pamd(args: argparse.Namespace) -> int:
     from pam_unified_mfa.pamd.server import run
 
-    home: Path = args.home or default_home()
-    require_home(home)
+    home: Path = args.home or default_home()  # run() needs an initialised home unless remote
     return run(home, args.store, Path(args.socket))
 
 

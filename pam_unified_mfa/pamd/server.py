@@ -21,8 +21,11 @@ from pathlib import Path
 
 from pam_unified_mfa.core import MFA
 from pam_unified_mfa.errors import ConfigError
+from pam_unified_mfa.home import require_home
 from pam_unified_mfa.pamd import protocol as p
-from pam_unified_mfa.pamd.session import POLL_INTERVAL, Abandoned, Session
+from pam_unified_mfa.pamd.remote import RemoteDialogues
+from pam_unified_mfa.pamd.session import POLL_INTERVAL, Abandoned, Dialogues, Session
+from pam_unified_mfa.settings import Settings, load_settings, parse_duration
 
 log = logging.getLogger("unified_mfa.pamd")
 
@@ -100,7 +103,7 @@ def bind_socket(path: Path) -> socket.socket:
     return sock
 
 
-async def handle(mfa: MFA, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+async def handle(mfa: Dialogues, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  deadline: float, poll_interval: float = POLL_INTERVAL) -> None:
     """One connection: check the peer, run the dialogue within the deadline, log the decision."""
     uid = peer_uid(writer.get_extra_info("socket"))
@@ -138,7 +141,7 @@ async def _decide(session: Session, deadline: float) -> str:
         return "closed: internal error"
 
 
-async def serve(mfa: MFA, listener: socket.socket, stop: asyncio.Event, deadline: float,
+async def serve(mfa: Dialogues, listener: socket.socket, stop: asyncio.Event, deadline: float,
                 poll_interval: float = POLL_INTERVAL) -> None:
     """Accept connections on `listener` until `stop` is set."""
     async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -152,25 +155,34 @@ async def serve(mfa: MFA, listener: socket.socket, stop: asyncio.Event, deadline
         await stop.wait()
 
 
-def session_deadline(mfa: MFA) -> float:
+def session_deadline(settings: Settings) -> float:
     """Longest a connection may last: the dialogue's lifetime plus a whole push wait."""
-    settings = mfa.settings
-    return mfa.env.seconds(settings.dialogue.ttl) + mfa.env.seconds(settings.push.timeout)
+    return parse_duration(settings.dialogue.ttl) + parse_duration(settings.push.timeout)
 
 
-async def _main(mfa: MFA, listener: socket.socket, where: str) -> None:
+async def _main(mfa: Dialogues, settings: Settings, listener: socket.socket,
+                where: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     log.info("pamd: listening on %s", where)
-    await serve(mfa, listener, stop, session_deadline(mfa))
+    await serve(mfa, listener, stop, session_deadline(settings))
     log.info("pamd: stopped")
 
 
 def run(home: Path, store: str | None, socket_path: Path) -> int:
     logging.getLogger("unified_mfa.pamd").setLevel(logging.INFO)
-    mfa = MFA.open(home, store=store)
+    settings = load_settings(home)
+    # `[pamd] server` set: a central service runs the dialogue, no local store or key is used.
+    mfa: Dialogues
+    local: MFA | None = None
+    if settings.pamd.server:
+        mfa = RemoteDialogues.from_settings(home, settings)
+        log.info("pamd: remote mode, MFA service %s", settings.pamd.server)
+    else:
+        require_home(home)
+        mfa = local = MFA.open(home, store=store)
     try:
         listener = activated_socket()
         created: os.stat_result | None = None
@@ -178,7 +190,7 @@ def run(home: Path, store: str | None, socket_path: Path) -> int:
             listener = bind_socket(socket_path)
             created = socket_path.lstat()
         try:
-            asyncio.run(_main(mfa, listener, "the activated socket" if created is None
+            asyncio.run(_main(mfa, settings, listener, "the activated socket" if created is None
                               else str(socket_path)))
         finally:
             listener.close()
@@ -187,5 +199,6 @@ def run(home: Path, store: str | None, socket_path: Path) -> int:
                     if socket_path.lstat().st_ino == created.st_ino:
                         socket_path.unlink()
     finally:
-        mfa.close()
+        if local is not None:
+            local.close()
     return 0

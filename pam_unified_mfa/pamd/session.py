@@ -13,8 +13,9 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
-from pam_unified_mfa.core import MFA, Outcome, Step
+from pam_unified_mfa.core import Outcome, Step
 from pam_unified_mfa.core.context import RequestContext
 from pam_unified_mfa.enrollment_uri import render
 from pam_unified_mfa.pamd import protocol as p
@@ -25,6 +26,16 @@ PROMPT_CODE = "Passcode: "
 PROMPT_CODE_OR_PUSH = "Passcode, or press Enter for a push: "
 PROMPT_ENROLL = "Enter the code your app shows: "
 PROMPT_PUSH = "Approve the push on your device by choosing {number}, then press Enter: "
+
+
+class Dialogues(Protocol):
+    """Who runs the dialogue: the local core (`MFA`) or a central service (`RemoteDialogues`)."""
+
+    def begin(self, user: str, ctx: RequestContext, /) -> Step: ...
+
+    def answer(self, token: str, reply: str, ctx: RequestContext, /) -> Step: ...
+
+    def poll(self, token: str, ctx: RequestContext, /) -> Step: ...
 
 
 class Abandoned(Exception):
@@ -109,7 +120,7 @@ RENDER: dict[Outcome, Callable[[Step, bool], Reply]] = {
 class Session:
     """Drives one connection; `run` returns the decision sent, or raises."""
 
-    def __init__(self, mfa: MFA, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+    def __init__(self, mfa: Dialogues, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  poll_interval: float = POLL_INTERVAL) -> None:
         self.mfa = mfa
         self.reader = reader
