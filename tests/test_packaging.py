@@ -32,12 +32,11 @@ from pam_unified_mfa.core import MFA, RequestContext
 from tests.helpers import secret_of, wrong_code
 from tests.test_pam_login import (
     LinuxUser,
-    Output,
-    _stop,
     now_code,
     options,
     pam_service,
     pamtester,
+    running_pamd,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -302,18 +301,10 @@ def installed(deb: Path, module_path: Path, linux_user: LinuxUser) -> Iterator[N
 def pamd_socket(home: Path, store_url: str) -> Iterator[Path]:
     """`unified-mfa pamd` on a socket in a short root-owned 0700 directory."""
     run_dir = Path(tempfile.mkdtemp(prefix="umfa-deb-"))
-    path = run_dir / "pamd.sock"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pam_unified_mfa.cli.main", "pamd", "--home", str(home),
-         "--store", store_url, "--socket", str(path)],
-        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True)
     try:
-        log = Output(process)
-        assert log.wait_for("pamd: listening on"), log.text
-        yield path
+        with running_pamd(home, store_url, run_dir / "pamd.sock") as daemon:
+            yield daemon.socket
     finally:
-        _stop(process)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

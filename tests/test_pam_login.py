@@ -146,10 +146,9 @@ def run_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def pamd(home: Path, store_url: str, run_dir: Path) -> Iterator[Pamd]:
-    """`unified-mfa pamd` itself, as a subprocess of the CLI."""
-    path = run_dir / "run" / "pamd.sock"
+@contextlib.contextmanager
+def running_pamd(home: Path, store_url: str, path: Path) -> Iterator[Pamd]:
+    """`unified-mfa pamd` itself, as a subprocess of the CLI, until the block ends."""
     process = subprocess.Popen(
         [sys.executable, "-m", "pam_unified_mfa.cli.main", "pamd", "--home", str(home),
          "--store", store_url, "--socket", str(path)],
@@ -161,6 +160,12 @@ def pamd(home: Path, store_url: str, run_dir: Path) -> Iterator[Pamd]:
         yield Pamd(path, log)
     finally:
         _stop(process)
+
+
+@pytest.fixture
+def pamd(home: Path, store_url: str, run_dir: Path) -> Iterator[Pamd]:
+    with running_pamd(home, store_url, run_dir / "run" / "pamd.sock") as daemon:
+        yield daemon
 
 
 @pytest.fixture
