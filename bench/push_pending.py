@@ -3,54 +3,61 @@ from a device's approval to the adapter's decision.
 
 What is measured: N logins (default 1,000 then 10,000) go through the auth API of one
 `unified-mfa serve` process as a remote adapter drives them: `POST /v1/auth/begin`, then
-`POST /v1/auth/answer` with `push`. Then N `POST /v1/auth/wait` long-polls, one HTTP connection
-each, are held open at once, as N adapters waiting for their users' phones; a wait that times
-out still pending is sent again, as an adapter does. When the service's
-`unified_mfa_pending_waiters` gauge shows all N waiting (or stops growing for a minute) and its
-resident memory has settled, the bench reads the memory (VmRSS in /proc/PID/status). The
-growth over the baseline, divided by N, is the memory one pending login costs the service.
+`POST /v1/auth/answer` with `push`. Then all N wait at once for their decisions. By default
+they wait as an adapter that holds many logins does: followed over a few waits sockets
+(`/v1/auth/waits`, --sockets, default 4, as 4 adapter nodes). With `--waits requests` each
+login holds its own `POST /v1/auth/wait` long-poll on its own connection instead (a wait that
+times out still pending is sent again). When the service's `unified_mfa_pending_waiters` gauge
+shows all N waiting (or stops growing for a minute) and its resident memory has settled, the
+bench reads the memory (VmRSS in /proc/PID/status). The growth over the baseline, divided by
+N, is the memory one pending login costs the service.
+
 Then every push is approved through the device API (`POST /v1/device/pushes/{id}`, signed by
 the device key as the Protect app signs it), and for each login the bench takes the time from
-sending the approval to the moment its wait returns `accept`: what a user waits for between
-tapping the number and being let in. p50, p99 and the maximum are reported, for two ways of
-approving: first up to --paced logins one at a time (each decided before the next is sent;
-the others stay pending), which is the latency of the path itself in a service that holds N
-pending logins; then the rest --concurrency at a time, a burst of approvals, where the
-latency also holds the queue that the service's throughput leaves.
+sending the approval to the moment its decision (`accept`) reaches the bench: what a user
+waits for between tapping the number and being let in. p50, p99 and the maximum are reported
+for three ways of approving, in this order, the other logins still pending:
+- --paced logins one at a time (each decided before the next is sent): the latency of the
+  path itself in a service that holds N pending logins;
+- --rate-count logins at --rate per second, sent on a fixed schedule whatever the responses
+  (an open loop, as users tapping their phones are): the latency in a busy service;
+- the rest --concurrency at a time, a burst: the latency there is the queue that the
+  service's throughput leaves, and the bench reports that throughput (decisions per second).
 
 Why: a push login holds an open request for as long as the user takes to find the phone. The
 product goal is 10,000 pending logins per process for less than 100 MB more memory, with an
 approval reaching the adapter in under 50 ms (p99). The figures are printed with whether each
-goal is met. Nothing is asserted about timing: this is a benchmark. It fails loudly (exit
-status 1) when the service does not actually take the logins: a begin, answer, approval or
-wait that does not give the expected outcome, approvals not all answered within
---approve-seconds, or fewer than N logins accepted at the end. What was measured until then is
-still printed.
+goal is met (the latency goal for the one-at-a-time and the fixed-rate approvals). Nothing is
+asserted about timing: this is a benchmark. It fails loudly (exit status 1) when the service
+does not actually take the logins: a begin, answer, approval or wait that does not give the
+expected outcome, approvals not all answered within --approve-seconds, or fewer than N logins
+accepted at the end. What was measured until then is still printed.
 
 How: a temporary home (`unified-mfa init`) with settings that keep product limits out of the
 way (push rate limit, push and dialogue lifetimes, API client rate). U users (default 100) each
 get a push device registered directly through the core with an Ed25519 key that the bench
 keeps, and one API client authenticates with HTTP Basic. Logins are spread over the users in
 turn. Each login uses its own `client_address`; the device API lists it as the push's `client`,
-so each push is matched to its login without relying on order. Wait timeouts are spread from
-30 to 60 s so that logins that began together do not all time out together. The memory is
-broken down into what creating the N dialogues left in the process (store caches), what
-holding the N waits adds, and, from a separate service process, what N idle TCP connections
-alone cost. Each N gets a fresh service process so that one measurement does not inherit the
-free memory of the previous one. Before the baseline, a warm-up of full logins at the bench's
-concurrency brings the worker threads, the store's connection pool and the allocator's arenas
-to their working size, so that the growth measured is due to the pending logins.
+so each push is matched to its login without relying on order. Long-poll wait timeouts are
+spread from 240 to 300 s so that logins that began together do not all time out together. The
+memory is broken down into what creating the N dialogues left in the process (store caches)
+and what holding the N waits adds; with `--waits requests`, a separate service process
+measures what N idle TCP connections alone cost. Each N gets a fresh service process so that
+one measurement does not inherit the free memory of the previous one. Before the baseline, a
+warm-up of full logins at the bench's concurrency brings the worker threads, the store's
+connection pool and the allocator's arenas to their working size, so that the growth measured
+is due to the pending logins.
 
-The machine runs the bench (the client side: httpx, up to N connections) and the service
-together. On a 2-CPU machine they compete: the latencies include the client's own delay in
-noticing a response, which the bench reports as its event loop's lateness. A request whose
-connection is refused, reset or closed is sent once more and counted (waits and approvals
-only; both are safe to repeat). Every step has a timeout; the service is stopped at exit, also
-on Ctrl-C or SIGTERM, and the temporary home is removed (the service logs are kept when the
-run failed).
+The machine runs the bench (the client side) and the service together. On a 2-CPU machine
+they compete: the latencies include the client's own delay in noticing a response, which the
+bench reports as its event loop's lateness. A request whose connection is refused, reset or
+closed is sent once more and counted (waits and approvals only; both are safe to repeat).
+Every step has a timeout; the service is stopped at exit, also on Ctrl-C or SIGTERM, and the
+temporary home is removed (the service logs are kept when the run failed).
 
     .venv/bin/python bench/push_pending.py [--counts 1000,10000] [--users 100]
-        [--concurrency 100] [--paced 200] [--approve-seconds 300]
+        [--waits socket|requests] [--sockets 4] [--concurrency 100] [--paced 200]
+        [--rate 50] [--rate-count 500] [--approve-seconds 300]
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ import base64
 import contextlib
 import ctypes
 import gc
+import json
 import os
 import platform
 import re
@@ -85,13 +93,16 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
 
 from pam_unified_mfa.core import MFA
 from pam_unified_mfa.enrollment_uri import parse_uri
 
 GOAL_MB_PER_10K = 100.0  # more memory for 10,000 pending logins
 GOAL_P99_MS = 50.0  # approval to decision, 99th percentile
-WAIT_TIMEOUT = 60  # the longest wait the API takes (seconds); the bench asks for 30 to 60
+WAIT_TIMEOUT = 300  # the longest wait the API takes (seconds); the bench asks for 240 to 300
 WAIT_SHARD = 250  # connections per httpx client: its pool does linear scans per request
 FD_MARGIN = 512  # descriptors besides the wait connections (store, threads, approvals, logs)
 WARMUP_HELD = 5  # waits the warm-up holds before approving
@@ -363,8 +374,8 @@ async def start_login(client: httpx.AsyncClient, login: Login) -> None:
 
 
 def wait_timeout(i: int) -> int:
-    """30 to 60 s: the waits of logins that began together do not all time out together."""
-    return WAIT_TIMEOUT - i % 31
+    """240 to 300 s: the waits of logins that began together do not all time out together."""
+    return WAIT_TIMEOUT - i % 61
 
 
 async def wait_decision(client: httpx.AsyncClient, login: Login) -> None:
@@ -382,6 +393,67 @@ async def wait_decision(client: httpx.AsyncClient, login: Login) -> None:
                                    f"({step['message']})")
             return
         login.token = step["token"] or login.token
+
+
+class SocketWaits:
+    """Logins followed over a few waits sockets (`/v1/auth/waits`), as an adapter that holds
+    many logins at once waits: each socket carries its share, each login is one message out
+    and one back. `decide(login)` plays the part of `wait_decision` for one login."""
+
+    def __init__(self, base: str, auth: str, count: int) -> None:
+        self.url = base.replace("http://", "ws://") + "/v1/auth/waits"
+        self.auth, self.count = auth, count
+        self.sockets: list[ClientConnection] = []
+        self.readers: list[asyncio.Task[None]] = []
+        self.pending: dict[str, tuple[Login, asyncio.Future[dict[str, Any]]]] = {}
+
+    async def __aenter__(self) -> SocketWaits:
+        for _ in range(self.count):
+            # No client pings: the bench's loop may lag under load; the service pings anyway.
+            conn = await ws_connect(self.url, additional_headers={"Authorization": self.auth},
+                                    max_size=None, ping_interval=None)
+            self.sockets.append(conn)
+            self.readers.append(asyncio.create_task(self._read(conn)))
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for reader in self.readers:
+            reader.cancel()
+        await asyncio.gather(*self.readers, return_exceptions=True)
+        for conn in self.sockets:
+            await conn.close()
+
+    async def _read(self, conn: ClientConnection) -> None:
+        try:
+            async for text in conn:
+                message = json.loads(text)
+                entry = self.pending.pop(message.get("token", ""), None)
+                if entry is None:
+                    raise BenchFailure(f"waits socket: unexpected message {message}")
+                login, future = entry
+                if "error" in message:
+                    future.set_exception(BenchFailure(
+                        f"waits socket, login {login.index}: {message['error']}"))
+                else:
+                    login.decided = time.perf_counter()
+                    future.set_result(message["step"])
+        except ConnectionClosed as exc:
+            failure = BenchFailure(f"waits socket closed: {exc}")
+            for _, future in self.pending.values():
+                if not future.done():
+                    future.set_exception(failure)
+
+    async def decide(self, login: Login) -> None:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[login.token] = (login, future)
+        login.waits += 1
+        await self.sockets[login.index % self.count].send(json.dumps({
+            "token": login.token, "service": "bench", "client_address": login.address}))
+        step = await future
+        login.outcome = step["outcome"]
+        if login.outcome != "accept":
+            raise BenchFailure(f"wait for login {login.index}: {login.outcome} "
+                               f"({step['message']})")
 
 
 async def approve(client: httpx.AsyncClient, login: Login) -> None:
@@ -490,7 +562,9 @@ class Round:
     accepted: int = 0
     rewaits: int = 0
     paced: list[Login] = field(default_factory=list)  # approved one at a time
+    rated: list[Login] = field(default_factory=list)  # approved at a fixed rate
     burst: list[Login] = field(default_factory=list)  # approved `concurrency` at a time
+    burst_rate: float = 0.0  # decisions per second during the burst
     problems: list[str] = field(default_factory=list)
     bench_lag_ms: list[float] = field(default_factory=list)
     resets: Counter[str] = field(default_factory=Counter)
@@ -547,15 +621,24 @@ async def run_logins(base: str, auth: str, devices: list[Device], first: int, co
         result.start_seconds = time.perf_counter() - began
         result.started_kb = await settled_rss(pid, 5.0)
 
-        shards = [api_client(base, auth, WAIT_SHARD, read_timeout=WAIT_TIMEOUT + 120)
-                  for _ in range(0, count, WAIT_SHARD)]
+        by_socket = args.waits == "socket"
+        shards = [] if by_socket else [
+            api_client(base, auth, WAIT_SHARD, read_timeout=WAIT_TIMEOUT + 120)
+            for _ in range(0, count, WAIT_SHARD)]
+        sockets = SocketWaits(base, auth, args.sockets)
         waits: list[asyncio.Task[None]] = []
         try:
+            if by_socket:
+                await sockets.__aenter__()
             held = time.perf_counter()
             for i, login in enumerate(logins):
-                waits.append(asyncio.create_task(wait_decision(shards[i // WAIT_SHARD], login)))
+                if by_socket:
+                    waits.append(asyncio.create_task(sockets.decide(login)))
+                else:
+                    waits.append(asyncio.create_task(
+                        wait_decision(shards[i // WAIT_SHARD], login)))
                 if i % WAIT_SHARD == WAIT_SHARD - 1:
-                    await asyncio.sleep(0.05)  # do not overrun the listen backlog
+                    await asyncio.sleep(0.05)  # do not overrun the listen backlog or the rate
             result.pending_seen = await hold_waits(client, waits, count, timeout)
             result.hold_seconds = time.perf_counter() - held
             result.pending_kb = await settled_rss(pid)
@@ -579,6 +662,7 @@ async def run_logins(base: str, auth: str, devices: list[Device], first: int, co
             await asyncio.gather(*waits, return_exceptions=True)
             for shard in shards:
                 await shard.aclose()
+            await sockets.__aexit__()
 
     result.resets = RESETS - resets
     result.accepted = sum(1 for login in logins if login.outcome == "accept")
@@ -607,7 +691,10 @@ async def approve_all(client: httpx.AsyncClient, logins: list[Login],
                 raise BenchFailure(f"login {login.index} was not decided within "
                                    f"{DECISION_GRACE:.0f} s of its approval") from None
             result.paced.append(login)
-        rest = logins[len(result.paced):]
+        rated = logins[len(result.paced):len(result.paced) + args.rate_count]
+        await approve_at_rate(client, rated, task_of, args.rate, result)
+        rest = logins[len(result.paced) + len(result.rated):]
+        burst_began = time.perf_counter()
         sent = await bounded(args.concurrency, [partial(approve, client, login)
                                                 for login in rest], args.approve_seconds)
         if sent < len(rest):
@@ -617,8 +704,8 @@ async def approve_all(client: httpx.AsyncClient, logins: list[Login],
                                    "at a time)")
     except BenchFailure as exc:
         result.problems.append(str(exc))
-    paced = {login.index for login in result.paced}
-    result.burst = [login for login in logins if login.answered and login.index not in paced]
+    earlier = {login.index for login in result.paced + result.rated}
+    result.burst = [login for login in logins if login.answered and login.index not in earlier]
     result.approved = sum(1 for login in logins if login.answered)
     pending = [task_of[login.index] for login in result.burst]
     if pending:
@@ -626,6 +713,35 @@ async def approve_all(client: httpx.AsyncClient, logins: list[Login],
         if late:
             result.problems.append(f"{len(late):,} approved logins were still not decided "
                                    f"{DECISION_GRACE:.0f} s after the last approval")
+        decided = [login.decided for login in result.burst if login.outcome == "accept"]
+        if decided:
+            result.burst_rate = len(decided) / (max(decided) - burst_began)
+
+
+async def approve_at_rate(client: httpx.AsyncClient, logins: list[Login],
+                          task_of: dict[int, asyncio.Task[None]], rate: float,
+                          result: Round) -> None:
+    """Approvals sent on a fixed schedule, `rate` per second, whatever the responses (an open
+    loop, as users tapping their phones are): the latency in a service that is busy, not
+    overrun. Returns once all of them are decided (or DECISION_GRACE passed)."""
+    if not logins:
+        return
+    began = time.monotonic()
+    sent: list[asyncio.Task[None]] = []
+    for k, login in enumerate(logins):
+        delay = began + k / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sent.append(asyncio.create_task(approve(client, login)))
+    waiting = sent + [task_of[login.index] for login in logins]
+    _, late = await asyncio.wait(waiting, timeout=DECISION_GRACE)
+    for task in sent:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    if late:
+        raise BenchFailure(f"{len(late):,} approvals at {rate:g}/s were not answered and "
+                           f"decided within {DECISION_GRACE:.0f} s")
+    result.rated = list(logins)
 
 
 @contextlib.contextmanager
@@ -721,7 +837,8 @@ def machine() -> list[str]:
                 break
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     libs = ", ".join(f"{p} {package_version(p)}" for p in
-                     ("uvicorn", "fastapi", "starlette", "anyio", "h11", "httpx", "SQLAlchemy"))
+                     ("uvicorn", "uvloop", "httptools", "fastapi", "starlette", "anyio", "httpx",
+                      "SQLAlchemy"))
     return [f"machine: {os.cpu_count()} CPUs ({model}), Linux {platform.release()}, "
             f"Python {platform.python_version()}; load average before the run {load}",
             f"libraries: {libs}",
@@ -750,7 +867,8 @@ def verdict(met: bool) -> str:
     return "MET" if met else "NOT MET"
 
 
-def report(result: Round, conn_kb: int | None, concurrency: int) -> list[str]:
+def report(result: Round, conn_kb: int | None, concurrency: int,
+           rate: float) -> list[str]:
     n = result.n
     grown = result.pending_kb - result.baseline_kb
     lines = [
@@ -774,13 +892,18 @@ def report(result: Round, conn_kb: int | None, concurrency: int) -> list[str]:
                  f"waits sent again go on): "
                  f"{result.idle_cpu * 100:.0f}% of one CPU")
     lines += latency_lines("approved one at a time (the others still pending)", result.paced)
-    lines += latency_lines(f"approved {concurrency} at a time", result.burst)
-    lines += latency_lines("all", result.paced + result.burst)
+    lines += latency_lines(f"approved at {rate:g} per second (open loop; the others still "
+                           "pending)", result.rated)
+    lines += latency_lines(f"approved {concurrency} at a time (a burst: the latency is the "
+                           "queue)", result.burst)
+    if result.burst_rate:
+        lines.append(f"    decisions per second during the burst (the service's capacity on "
+                     f"this machine): {result.burst_rate:,.0f}")
     scaled = grown / 1024 * 10_000 / n
     lines.append(f"  goal memory, 10,000 pending in < {GOAL_MB_PER_10K:.0f} MB: "
                  f"{scaled:,.1f} MB per 10,000 at this N: {verdict(scaled < GOAL_MB_PER_10K)}")
     for label, logins in (("one at a time", result.paced),
-                          (f"{concurrency} at a time", result.burst)):
+                          (f"at {rate:g} per second", result.rated)):
         total = [(login.decided - login.sent) * 1000 for login in logins
                  if login.outcome == "accept"]
         if total:
@@ -866,10 +989,20 @@ def main() -> int:
                         "(default 600)")
     parser.add_argument("--paced", type=int, default=200,
                         help="approve this many logins one at a time first (default 200)")
+    parser.add_argument("--rate", type=float, default=50.0,
+                        help="then approve at this many per second, open loop (default 50)")
+    parser.add_argument("--rate-count", type=int, default=500,
+                        help="logins approved at --rate (default 500)")
     parser.add_argument("--approve-seconds", type=float, default=300.0,
                         help="stop approving after this long (default 300)")
     parser.add_argument("--paced-seconds", type=float, default=60.0,
                         help="stop approving one at a time after this long (default 60)")
+    parser.add_argument("--waits", choices=("socket", "requests"), default="socket",
+                        help="how the logins wait: over waits sockets (as an adapter holding "
+                        "many logins does), or one POST /v1/auth/wait long-poll and "
+                        "connection each (default socket)")
+    parser.add_argument("--sockets", type=int, default=4,
+                        help="waits sockets, as adapter nodes (default 4)")
     parser.add_argument("--no-idle", action="store_true",
                         help="skip measuring idle connections in a separate process")
     args = parser.parse_args()
@@ -890,7 +1023,9 @@ def main() -> int:
             devices, auth = setup(home, args.users)
             print(f"{args.users} users with a registered push device in "
                   f"{time.perf_counter() - t0:.1f} s; one service process per N "
-                  f"(uvicorn, asyncio, SQLite store)\n")
+                  f"(uvicorn, asyncio, SQLite store); waits: "
+                  + (f"over {args.sockets} waits sockets\n" if args.waits == "socket" else
+                     "one POST /v1/auth/wait long-poll and connection per login\n"))
             # The bench's own memory is not measured, and a full collection over the objects of
             # 10,000 requests in flight would pause its loop for seconds: collect between rounds.
             gc.disable()
@@ -905,8 +1040,10 @@ def main() -> int:
                     continue
                 finally:
                     first += n + 2 * args.concurrency
-                conn_kb = None if args.no_idle else measure_connections(home, base, port, n)
-                print("\n".join(report(result, conn_kb, args.concurrency)) + "\n", flush=True)
+                skip_idle = args.no_idle or args.waits == "socket"
+                conn_kb = None if skip_idle else measure_connections(home, base, port, n)
+                lines = report(result, conn_kb, args.concurrency, args.rate)
+                print("\n".join(lines) + "\n", flush=True)
                 failed = failed or bool(result.problems)
             return 1 if failed else 0
     except KeyboardInterrupt:

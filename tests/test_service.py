@@ -47,14 +47,17 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from cryptography.x509.oid import NameOID
 from fastapi import FastAPI
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as ws_connect
 
-from pam_unified_mfa.core import MFA
+from pam_unified_mfa.core import MFA, Outcome, RequestContext
 from pam_unified_mfa.enrollment_uri import parse_uri
 from pam_unified_mfa.home import init_home
 from pam_unified_mfa.service import server
 from pam_unified_mfa.service.app import create_app
 from pam_unified_mfa.service.events import ServiceEvents
-from pam_unified_mfa.service.waiter import Waiter
+from pam_unified_mfa.service.waiter import Listener, Waiter
 from tests.helpers import code_for
 
 TIMEOUT = 30.0  # a request that hangs fails the test instead of blocking the suite
@@ -140,17 +143,17 @@ def unified(svc: Service) -> Service:
 def subscribed(svc: Service) -> Iterator[threading.Event]:
     """Set once a request starts waiting in the service (long-poll or auth wait)."""
     seen = threading.Event()
-    original = svc.waiter.subscribe
+    original = svc.waiter.listen
 
-    def subscribe(key: str) -> Any:
+    def listen(key: str, listener: Listener) -> None:
         seen.set()
-        return original(key)
+        original(key, listener)
 
-    svc.waiter.subscribe = subscribe  # type: ignore[method-assign]
+    svc.waiter.listen = listen  # type: ignore[method-assign]
     try:
         yield seen
     finally:
-        del svc.waiter.subscribe
+        del svc.waiter.listen
 
 
 def in_background(call: Callable[[], httpx.Response]) -> Future[httpx.Response]:
@@ -343,6 +346,46 @@ def test_s03_an_approval_with_the_right_number_makes_wait_accept(unified: Servic
     assert result["outcome"] == "accept"
 
 
+@contextmanager
+def another_node(svc: Service, home: Path, store_url: str) -> Iterator[MFA]:
+    """A second core on the same store, as another node or process: its changes reach this
+    service only through the store (no events), so only the service's sweep can see them."""
+    other = MFA.open(home, store=store_url, clock=svc.clock)
+    try:
+        yield other
+    finally:
+        other.close()
+
+
+def test_an_approval_made_on_another_node_ends_the_wait(unified: Service, home: Path,
+                                                         store_url: str) -> None:
+    auth = unified.client_auth()
+    phone, _ = enrolled_phone(unified)
+    step = push_login(unified, auth)
+    (push,) = phone.pushes()
+    with subscribed(unified) as waiting, another_node(unified, home, store_url) as other:
+        decision = in_background(lambda: wait_for_decision(unified, auth, step["token"]))
+        assert waiting.wait(TIMEOUT)
+        other.answer_push(phone.signed(push["id"], "approve", number=step["push_number"]))
+        assert decision.result(TIMEOUT)["outcome"] == "accept"
+
+
+def test_a_push_created_on_another_node_reaches_the_device_long_poll(
+        unified: Service, home: Path, store_url: str) -> None:
+    phone, _ = enrolled_phone(unified)
+    with subscribed(unified) as waiting, another_node(unified, home, store_url) as other:
+        poll = in_background(lambda: unified.http.get(
+            f"/v1/device/pushes?wait={LONG_WAIT}", headers=phone.auth()))
+        assert waiting.wait(TIMEOUT)
+        begun = other.begin("alice", RequestContext(adapter="pam", client="10.0.0.9"))
+        assert begun.token is not None
+        pending = other.answer(begun.token, "push", RequestContext(adapter="pam",
+                                                                   client="10.0.0.9"))
+        assert pending.outcome is Outcome.PUSH_PENDING
+        pushes = poll.result(TIMEOUT).json()["pushes"]
+    assert [p["client"] for p in pushes] == ["10.0.0.9"]
+
+
 def test_s03_a_denied_push_makes_wait_reject(unified: Service) -> None:
     auth = unified.client_auth()
     phone, _ = enrolled_phone(unified)
@@ -416,6 +459,77 @@ def test_r10_after_a_merge_the_device_gets_its_totp_and_its_ack_erases_it(
     acked = svc.http.post(f"/v1/device/messages/{message['id']}/ack", headers=phone.auth())
     assert acked.status_code == 204
     assert svc.http.get("/v1/device/messages", headers=phone.auth()).json() == {"messages": []}
+
+
+# -- the waits socket: many logins' waits over one connection ---------------------------------
+
+
+@contextmanager
+def waits_socket(svc: Service, auth: dict[str, str]) -> Iterator[ClientConnection]:
+    url = str(svc.http.base_url).replace("http://", "ws://") + "/v1/auth/waits"
+    with ws_connect(url, additional_headers=auth, open_timeout=TIMEOUT) as socket:
+        yield socket
+
+
+def received(socket: ClientConnection) -> dict[str, Any]:
+    message: dict[str, Any] = json.loads(socket.recv(timeout=TIMEOUT))
+    return message
+
+
+def follow(socket: ClientConnection, token: str) -> None:
+    socket.send(json.dumps({"token": token, **LOGIN}))
+
+
+def test_the_waits_socket_sends_each_followed_login_its_decision(unified: Service) -> None:
+    auth = unified.client_auth()
+    phone, _ = enrolled_phone(unified)
+    first, second = push_login(unified, auth), push_login(unified, auth)
+    by_number = {first["push_number"]: first["token"], second["push_number"]: second["token"]}
+    with waits_socket(unified, auth) as socket, subscribed(unified) as waiting:
+        follow(socket, first["token"])
+        follow(socket, second["token"])
+        assert waiting.wait(TIMEOUT)
+        answers = {}
+        for push in phone.pushes():
+            number = next(n for n in push["choices"] if n in by_number)
+            decision = "approve" if by_number[number] == first["token"] else "deny"
+            phone.send(push["id"], phone.signed(push["id"], decision, number=number))
+        for _ in range(2):
+            message = received(socket)
+            answers[message["token"]] = message["step"]["outcome"]
+    assert answers == {first["token"]: "accept", second["token"]: "reject"}
+
+
+def test_the_waits_socket_refuses_a_client_without_credentials(unified: Service) -> None:
+    with pytest.raises(InvalidStatus) as refused, \
+            waits_socket(unified, {"Authorization": "Basic bm9ib2R5Om5vdGhpbmc="}):
+        pass
+    assert refused.value.response.status_code == 403
+
+
+def test_the_waits_socket_answers_a_malformed_message_and_stays_open(unified: Service) -> None:
+    auth = unified.client_auth()
+    phone, _ = enrolled_phone(unified)
+    step = push_login(unified, auth)
+    with waits_socket(unified, auth) as socket:
+        socket.send("{not json")
+        assert received(socket)["error"].startswith("malformed message")
+        follow(socket, step["token"])
+        (push,) = phone.pushes()
+        phone.send(push["id"], phone.signed(push["id"], "approve", number=step["push_number"]))
+        assert received(socket)["step"]["outcome"] == "accept"
+
+
+def test_the_waits_socket_sends_reject_when_the_push_expires(unified: Service) -> None:
+    auth = unified.client_auth()
+    enrolled_phone(unified)
+    step = push_login(unified, auth)
+    unified.clock.advance(90)  # past the push's 60 s, within the dialogue's 3 minutes
+    with waits_socket(unified, auth) as socket:
+        follow(socket, step["token"])
+        message = received(socket)
+    assert message["step"]["outcome"] == "reject"
+    assert message["step"]["message"] == "The push request expired"
 
 
 # -- auth API: clients and rate ---------------------------------------------------------------

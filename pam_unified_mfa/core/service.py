@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,6 +267,11 @@ class MFA:
         if isinstance(result, push.PushError):
             raise result  # after the commit: the refusal's audit record is kept
         return result
+
+    def changed_waits(self, keys: Collection[str]) -> set[str]:
+        """Which waits (dialogue or account ids) a change, made anywhere, should wake."""
+        with self._tx() as s:
+            return push.changed_waits(s, self.env, keys)
 
     def device_messages(self, device_id: str) -> list[dict[str, str]]:
         """Undelivered messages for a push device (the TOTP a merge gave it, R10), decrypted."""

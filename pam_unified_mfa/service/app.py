@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pam_unified_mfa import __version__
 from pam_unified_mfa.core import MFA
-from pam_unified_mfa.service import admin_api, auth_api, device_api, errors
+from pam_unified_mfa.service import admin_api, auth_api, device_api, errors, wait_stream
 from pam_unified_mfa.service.events import ServiceEvents
 from pam_unified_mfa.service.metrics import CONTENT_TYPE, Metrics
 from pam_unified_mfa.service.notifier import Notifier
@@ -39,6 +39,7 @@ def build_app(lifespan: Any = None) -> FastAPI:
                   lifespan=lifespan)
     app.include_router(device_api.router)
     app.include_router(auth_api.router)
+    app.include_router(wait_stream.router)
     app.include_router(admin_api.router)
     errors.install(app)
 
@@ -102,13 +103,18 @@ def create_app(mfa: MFA, events: ServiceEvents) -> FastAPI:
         waiter.wake(account_id)
         notifier.push_created(account_id, push_id)
 
+    async def changed_elsewhere(keys: frozenset[str]) -> set[str]:
+        return await run_in_threadpool(mfa.changed_waits, keys)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await notifier.start()
         events.attach(asyncio.get_running_loop(), push_created, waiter.wake)
+        sweeper = asyncio.create_task(waiter.sweep_forever(changed_elsewhere))
         try:
             yield
         finally:
+            await Waiter.stop(sweeper)
             events.detach()
             await notifier.stop()
 

@@ -25,7 +25,7 @@ from pam_unified_mfa.service.runtime import Runtime, runtime
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
 
-MAX_WAIT = 60
+MAX_WAIT = 300  # server-to-server: a push (60 s by default) fits in one wait
 DEADLINE_GRACE = 0.2  # seconds past a push's deadline before the last check finds it expired
 
 
@@ -69,11 +69,11 @@ class StepResponse(BaseModel):
 Rt = Annotated[Runtime, Depends(runtime)]
 
 
-def _context(client: str, service: str, client_address: str) -> RequestContext:
+def context(client: str, service: str, client_address: str) -> RequestContext:
     return RequestContext(adapter="api", client=client_address or client, service=service)
 
 
-def _step(rt: Runtime, step: Step) -> StepResponse:
+def step_response(rt: Runtime, step: Step) -> StepResponse:
     rt.metrics.decision("api", step.outcome.value)
     return StepResponse(
         outcome=step.outcome.value, message=step.message, token=step.token,
@@ -87,33 +87,36 @@ RESPONSES = errors(401, 429)
 @router.post("/begin", response_model=StepResponse, responses=RESPONSES)
 async def begin(body: BeginRequest, client: ClientName, rt: Rt) -> StepResponse:
     """Start the MFA dialogue; call only after the first factor succeeded."""
-    ctx = _context(client, body.service, body.client_address)
-    return _step(rt, await run_in_threadpool(rt.mfa.begin, body.user, ctx, body.kind))
+    ctx = context(client, body.service, body.client_address)
+    return step_response(rt, await run_in_threadpool(rt.mfa.begin, body.user, ctx, body.kind))
 
 
 @router.post("/answer", response_model=StepResponse, responses=RESPONSES)
 async def answer(body: AnswerRequest, client: ClientName, rt: Rt) -> StepResponse:
     """Answer the current prompt; the token of the previous step dies."""
-    ctx = _context(client, body.service, body.client_address)
-    return _step(rt, await run_in_threadpool(rt.mfa.answer, body.token, body.answer, ctx))
+    ctx = context(client, body.service, body.client_address)
+    return step_response(rt, await run_in_threadpool(rt.mfa.answer, body.token, body.answer, ctx))
+
+
+async def decision(rt: Runtime, token: str, ctx: RequestContext, timeout: float) -> Step:
+    """Follow a login until it is no longer waiting on a push, or for `timeout` seconds; never
+    past the push's deadline (then the core finds it expired)."""
+    async def check() -> Step:
+        return await run_in_threadpool(rt.mfa.poll, token, ctx)
+
+    step = await check()
+    if step.outcome is Outcome.PUSH_PENDING and step.wait_key and timeout > 0:
+        limit = timeout
+        if step.deadline is not None:
+            limit = min(limit, max(0.0, step.deadline - rt.mfa.env.clock()) + DEADLINE_GRACE)
+        step = await rt.waiter.follow(step.wait_key, check,
+                                      lambda s: s.outcome is not Outcome.PUSH_PENDING, limit)
+    return step
 
 
 @router.post("/wait", response_model=StepResponse, responses=RESPONSES)
 async def wait(body: WaitRequest, client: ClientName, rt: Rt) -> StepResponse:
     """Follow a pending push: returns at its decision or expiry, or after `timeout` still
     `push_pending` with the same token."""
-    ctx = _context(client, body.service, body.client_address)
-
-    async def check() -> Step:
-        return await run_in_threadpool(rt.mfa.poll, body.token, ctx)
-
-    step = await check()
-    if step.outcome is Outcome.PUSH_PENDING and step.wait_key and body.timeout > 0:
-        limit = body.timeout
-        if step.deadline is not None:
-            limit = min(limit, max(0.0, step.deadline - rt.mfa.env.clock()) + DEADLINE_GRACE)
-        step = await rt.waiter.follow(step.wait_key, check,
-                                      lambda s: s.outcome is not Outcome.PUSH_PENDING, limit)
-    return _step(rt, step)
-
-
+    ctx = context(client, body.service, body.client_address)
+    return step_response(rt, await decision(rt, body.token, ctx, body.timeout))

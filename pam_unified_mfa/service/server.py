@@ -129,7 +129,7 @@ def run(mfa_home: Path | None, store: str | None, listen: str | None) -> int:
         return 2
     tls = cert is not None
     config = uvicorn.Config(
-        create_app(mfa, events), loop="asyncio", http="h11", lifespan="on",
+        create_app(mfa, events), loop="uvloop", http="httptools", lifespan="on",
         log_config=LOG_CONFIG, ssl_certfile=cert, ssl_keyfile=key, server_header=False,
         timeout_graceful_shutdown=5,
     )

@@ -1,64 +1,129 @@
-"""Waiting without a thread: wake-ups keyed by account id (new push) or dialogue id (decided).
+"""Waiting without a thread: wake-ups keyed by account (new push) or dialogue (decided).
 
-A waiter subscribes to a key, re-checks the store, and sleeps on an `asyncio.Event` until an
-event for that key arrives, the time is up, or the fallback interval passes (a change made by
-another node, or an expiry, is then found by the periodic re-check). Everything here runs on
-the event loop; events from worker threads arrive through `ServiceEvents`.
+A waiter subscribes to a key, checks the store once, and sleeps on a future until the key is
+woken or its time is up. Three things wake a key:
+
+- the core's after-commit event, when this process made the change (the common case: the
+  device's approval arrives at the same service that holds the login's wait);
+- the sweep: one task per process that asks the store, every `SWEEP_SECONDS`, which of the
+  keys being waited on changed, in one query for all of them. It finds what another node or
+  another process on the same store did. Its cost grows with the number of keys, not with
+  a re-check per waiter (which at 10,000 waits kept one CPU busy);
+- the caller's own deadline (a push's expiry is a deadline too: auth waits are cut there).
+
+A waiter costs one listener and one timer while it sleeps; nothing runs on its behalf.
+Coroutines wait with `follow`; the waits socket, which may hold tens of thousands of waits,
+registers plain callbacks with `listen` and keeps no task per wait.
+Everything here runs on the event loop; events from worker threads arrive through
+`ServiceEvents`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
+from functools import partial
 from typing import TypeVar
 
 T = TypeVar("T")
 
-FALLBACK_SECONDS = 2.0  # re-check the store at least this often while waiting
+log = logging.getLogger("unified_mfa.service")
+
+SWEEP_SECONDS = 2.0  # how stale a change made elsewhere may be when a waiter learns of it
+
+Sweep = Callable[[frozenset[str]], Awaitable[set[str]]]
+
+
+Listener = Callable[[], None]
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class Waiter:
     def __init__(self) -> None:
-        self._listeners: dict[str, set[asyncio.Event]] = {}
+        self._listeners: dict[str, set[Listener]] = {}
         self._count = 0
 
     @property
     def pending(self) -> int:
-        """How many requests are waiting right now (the metrics gauge)."""
+        """How many waits are registered right now (the metrics gauge)."""
         return self._count
 
-    @contextmanager
-    def subscribe(self, key: str) -> Iterator[asyncio.Event]:
-        event = asyncio.Event()
-        self._listeners.setdefault(key, set()).add(event)
+    def keys(self) -> frozenset[str]:
+        return frozenset(self._listeners)
+
+    def listen(self, key: str, listener: Listener) -> None:
+        """Call `listener()` (on the loop) when `key` is woken, until `unlisten`."""
+        self._listeners.setdefault(key, set()).add(listener)
         self._count += 1
+
+    def unlisten(self, key: str, listener: Listener) -> None:
+        listeners = self._listeners.get(key)
+        if listeners is None or listener not in listeners:
+            return
+        listeners.discard(listener)
+        self._count -= 1
+        if not listeners:
+            del self._listeners[key]
+
+    @contextmanager
+    def subscribe(self, key: str) -> Iterator[asyncio.Future[None]]:
+        """A future resolved when `key` is woken, for a coroutine to await."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        listener = partial(_resolve, future)
+        self.listen(key, listener)
         try:
-            yield event
+            yield future
         finally:
-            self._count -= 1
-            listeners = self._listeners.get(key)
-            if listeners is not None:
-                listeners.discard(event)
-                if not listeners:
-                    del self._listeners[key]
+            self.unlisten(key, listener)
 
     def wake(self, key: str) -> None:
-        for event in self._listeners.get(key, ()):
-            event.set()
+        for listener in list(self._listeners.get(key, ())):
+            listener()
 
     async def follow(self, key: str, check: Callable[[], Awaitable[T]],
-                     finished: Callable[[T], bool], timeout: float,
-                     fallback: float = FALLBACK_SECONDS) -> T:
-        """`check()` until `finished(result)` or `timeout` seconds; sleeps between checks."""
+                     finished: Callable[[T], bool], timeout: float) -> T:
+        """`check()` until `finished(result)` or `timeout` seconds; sleeps between checks.
+
+        Subscribed before each check, so a wake-up that arrives during the check is not lost.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        with self.subscribe(key) as event:
-            while True:
-                event.clear()  # before the check: a wake-up during the check is not lost
+        while True:
+            with self.subscribe(key) as woken:
                 result = await check()
                 remaining = deadline - loop.time()
                 if finished(result) or remaining <= 0:
                     return result
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(remaining, fallback))
+                timer = loop.call_at(deadline, _resolve, woken)
+                try:
+                    await woken
+                finally:
+                    timer.cancel()
+
+    async def sweep_forever(self, sweep: Sweep, interval: float = SWEEP_SECONDS) -> None:
+        """Wake the keys that `sweep(keys)` reports changed, every `interval` seconds."""
+        while True:
+            await asyncio.sleep(interval)
+            keys = self.keys()
+            if not keys:
+                continue
+            try:
+                changed = await sweep(keys)
+            except Exception:  # a store outage: the next round tries again; waits still end
+                log.warning("could not check the store for decisions made elsewhere",
+                            exc_info=True)
+                continue
+            for key in changed:
+                self.wake(key)
+
+    @staticmethod
+    async def stop(task: asyncio.Task[None]) -> None:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,11 @@ class Store:
             _create_private(self.engine.url.database)
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time. Threads of one process that race for it meet
+        # SQLITE_BUSY, and SQLite's busy handler then sleeps (1, 2, 5 … up to 100 ms) before it
+        # retries: under load most of a transaction's time went to those sleeps. Taking turns
+        # here first costs nothing when idle; other processes still wait via busy_timeout.
+        self._turns: threading.RLock | None = threading.RLock() if self.is_sqlite else None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -82,6 +88,11 @@ class Store:
         A lost or unreachable database surfaces as StoreUnavailable so that adapters can apply
         their fail mode (S07) instead of mistaking it for a wrong code.
         """
+        turns: AbstractContextManager[Any] = self._turns or nullcontext()
+        with turns:
+            yield from self._transaction()
+
+    def _transaction(self) -> Iterator[Session]:
         session = self._sessions()
         try:
             yield session
