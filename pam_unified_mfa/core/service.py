@@ -270,7 +270,7 @@ class MFA:
 
     def changed_waits(self, keys: Collection[str]) -> set[str]:
         """Which waits (dialogue or account ids) a change, made anywhere, should wake."""
-        with self._tx() as s:
+        with self.store.reading() as s:
             return push.changed_waits(s, self.env, keys)
 
     def device_messages(self, device_id: str) -> list[dict[str, str]]:

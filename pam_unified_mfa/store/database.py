@@ -92,6 +92,12 @@ class Store:
         with turns:
             yield from self._transaction()
 
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A transaction that only reads: it does not wait for its turn behind writers (WAL
+        readers never block on SQLite's writer), so a long read delays no login."""
+        yield from self._transaction()
+
     def _transaction(self) -> Iterator[Session]:
         session = self._sessions()
         try:
