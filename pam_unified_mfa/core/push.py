@@ -11,7 +11,6 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
-from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -19,7 +18,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from sqlalchemy import case, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
@@ -252,30 +251,17 @@ def status_for_dialogue(session: Session, dialogue_id: str) -> PushChallenge | N
     ).one_or_none()
 
 
-SWEEP_CHUNK = 500  # ids per IN (...) list: well inside every backend's parameter limit
-
-
-def changed_waits(session: Session, env: Env, keys: Collection[str]) -> set[str]:
-    """Of these wait keys (dialogue ids and account ids), those whose waiters should look now.
-
-    A dialogue id is in the result when none of its challenges is pending any more (decided,
-    cancelled or expired, here or on another node); an account id when it has a pending
-    challenge a device has not yet been told of. Ids are random, so one list serves both.
-    """
-    now = env.clock()
-    found: set[str] = set()
-    ordered = sorted(keys)
-    for start in range(0, len(ordered), SWEEP_CHUNK):
-        chunk = ordered[start:start + SWEEP_CHUNK]
-        pending = func.sum(case((PushChallenge.status == "pending", 1), else_=0))
-        found.update(session.scalars(
-            select(PushChallenge.dialogue_id).where(PushChallenge.dialogue_id.in_(chunk))
-            .group_by(PushChallenge.dialogue_id).having(pending == 0)))
-        found.update(session.scalars(
-            select(PushChallenge.account_id).where(
-                PushChallenge.account_id.in_(chunk), PushChallenge.status == "pending",
-                PushChallenge.expires_at > now).distinct()))
-    return found
+def changes_since(session: Session, since: float) -> set[str]:
+    """Wait keys that a change since `since` (any node's clock) may concern: the dialogue ids
+    of challenges decided, cancelled or expired since then, and the account ids of challenges
+    created since then and still pending. The cost follows the logins of that interval, not
+    the number of waits; the caller keeps the keys it has."""
+    decided = session.scalars(
+        select(PushChallenge.dialogue_id).where(PushChallenge.decided_at >= since))
+    created = session.scalars(
+        select(PushChallenge.account_id).where(PushChallenge.created_at >= since,
+                                               PushChallenge.status == "pending"))
+    return {*decided, *created}
 
 
 def _close(session: Session, dialogue_id: str, now: float, status: str) -> None:

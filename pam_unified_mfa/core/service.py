@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,10 +268,10 @@ class MFA:
             raise result  # after the commit: the refusal's audit record is kept
         return result
 
-    def changed_waits(self, keys: Collection[str]) -> set[str]:
-        """Which waits (dialogue or account ids) a change, made anywhere, should wake."""
+    def push_changes_since(self, since: float) -> set[str]:
+        """Dialogue and account ids whose pushes changed since `since`, on any node."""
         with self.store.reading() as s:
-            return push.changed_waits(s, self.env, keys)
+            return push.changes_since(s, since)
 
     def device_messages(self, device_id: str) -> list[dict[str, str]]:
         """Undelivered messages for a push device (the TOTP a merge gave it, R10), decrypted."""

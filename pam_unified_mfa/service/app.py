@@ -103,14 +103,14 @@ def create_app(mfa: MFA, events: ServiceEvents) -> FastAPI:
         waiter.wake(account_id)
         notifier.push_created(account_id, push_id)
 
-    async def changed_elsewhere(keys: frozenset[str]) -> set[str]:
-        return await run_in_threadpool(mfa.changed_waits, keys)
+    async def changes_since(since: float) -> set[str]:
+        return await run_in_threadpool(mfa.push_changes_since, since)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await notifier.start()
         events.attach(asyncio.get_running_loop(), push_created, waiter.wake)
-        sweeper = asyncio.create_task(waiter.sweep_forever(changed_elsewhere))
+        sweeper = asyncio.create_task(waiter.sweep_forever(changes_since, mfa.env.clock))
         try:
             yield
         finally:

@@ -106,12 +106,18 @@ async def decision(rt: Runtime, token: str, ctx: RequestContext, timeout: float)
 
     step = await check()
     if step.outcome is Outcome.PUSH_PENDING and step.wait_key and timeout > 0:
-        limit = timeout
-        if step.deadline is not None:
-            limit = min(limit, max(0.0, step.deadline - rt.mfa.env.clock()) + DEADLINE_GRACE)
         step = await rt.waiter.follow(step.wait_key, check,
-                                      lambda s: s.outcome is not Outcome.PUSH_PENDING, limit)
+                                      lambda s: s.outcome is not Outcome.PUSH_PENDING,
+                                      wait_limit(rt, step, timeout))
     return step
+
+
+def wait_limit(rt: Runtime, step: Step, ceiling: float) -> float:
+    """Seconds to wait on a pending step: `ceiling`, cut at the push's deadline plus a grace,
+    so that the check made then finds the push expired."""
+    if step.deadline is None:
+        return ceiling
+    return min(ceiling, max(0.0, step.deadline - rt.mfa.env.clock()) + DEADLINE_GRACE)
 
 
 @router.post("/wait", response_model=StepResponse, responses=RESPONSES)

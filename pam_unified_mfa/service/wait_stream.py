@@ -28,7 +28,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from pam_unified_mfa.core import Outcome, RequestContext, Step
 from pam_unified_mfa.errors import AuthenticationFailed, StoreUnavailable
-from pam_unified_mfa.service.auth_api import DEADLINE_GRACE, context, step_response
+from pam_unified_mfa.service.auth_api import context, step_response, wait_limit
 from pam_unified_mfa.service.runtime import Runtime
 from pam_unified_mfa.service.waiter import Listener
 
@@ -118,12 +118,10 @@ class _Socket:
             self._finish(follow, {"token": follow.token,
                                   "step": step_response(self.rt, step).model_dump()})
             return
-        remaining = FOLLOW_CEILING
-        if step.deadline is not None:
-            remaining = max(0.0, step.deadline - self.rt.mfa.env.clock()) + DEADLINE_GRACE
         follow.key = step.wait_key
         follow.listener = partial(self._woken, follow)
-        follow.timer = self.loop.call_later(remaining, follow.listener)
+        follow.timer = self.loop.call_later(wait_limit(self.rt, step, FOLLOW_CEILING),
+                                            follow.listener)
         self.rt.waiter.listen(follow.key, follow.listener)
 
     def _woken(self, follow: _Follow) -> None:

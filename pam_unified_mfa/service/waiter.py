@@ -5,10 +5,11 @@ woken or its time is up. Three things wake a key:
 
 - the core's after-commit event, when this process made the change (the common case: the
   device's approval arrives at the same service that holds the login's wait);
-- the sweep: one task per process that asks the store, every `SWEEP_SECONDS`, which of the
-  keys being waited on changed, in one query for all of them. It finds what another node or
-  another process on the same store did. Its cost grows with the number of keys, not with
-  a re-check per waiter (which at 10,000 waits kept one CPU busy);
+- the sweep: one task per process that asks the store, every `SWEEP_SECONDS`, which pushes
+  were created or decided since its previous round, and wakes the keys among them that are
+  waited on here. It finds what another node or another process on the same store did. Its
+  cost follows the logins of the interval, not the number of waits (a re-check per waiter
+  kept one CPU busy at 10,000 waits; a query naming every waited key took 40 ms of CPU);
 - the caller's own deadline (a push's expiry is a deadline too: auth waits are cut there).
 
 A waiter costs one listener and one timer while it sleeps; nothing runs on its behalf.
@@ -33,7 +34,9 @@ log = logging.getLogger("unified_mfa.service")
 
 SWEEP_SECONDS = 2.0  # how stale a change made elsewhere may be when a waiter learns of it
 
-Sweep = Callable[[frozenset[str]], Awaitable[set[str]]]
+SWEEP_OVERLAP = 10.0  # seconds each round looks back past the previous one
+
+Sweep = Callable[[float], Awaitable[set[str]]]
 
 
 Listener = Callable[[], None]
@@ -53,9 +56,6 @@ class Waiter:
     def pending(self) -> int:
         """How many waits are registered right now (the metrics gauge)."""
         return self._count
-
-    def keys(self) -> frozenset[str]:
-        return frozenset(self._listeners)
 
     def listen(self, key: str, listener: Listener) -> None:
         """Call `listener()` (on the loop) when `key` is woken, until `unlisten`."""
@@ -106,20 +106,30 @@ class Waiter:
                 finally:
                     timer.cancel()
 
-    async def sweep_forever(self, sweep: Sweep, interval: float = SWEEP_SECONDS) -> None:
-        """Wake the keys that `sweep(keys)` reports changed, every `interval` seconds."""
+    async def sweep_forever(self, changes_since: Sweep, clock: Callable[[], float],
+                            interval: float = SWEEP_SECONDS) -> None:
+        """Every `interval` seconds, wake the waited keys that `changes_since(t)` reports.
+
+        `t` is the start of the previous round, less SWEEP_OVERLAP, in the store's clock: a
+        change is seen even when its node's clock is a little behind or it committed late.
+        A key reported twice costs one more check of the store, nothing else. A waiter that
+        starts later checks the store itself, so rounds with nothing waiting read nothing.
+        """
+        since = clock() - SWEEP_OVERLAP
         while True:
             await asyncio.sleep(interval)
-            keys = self.keys()
-            if not keys:
+            started = clock()
+            if not self._listeners:
+                since = started - SWEEP_OVERLAP
                 continue
             try:
-                changed = await sweep(keys)
-            except Exception:  # a store outage: the next round tries again; waits still end
-                log.warning("could not check the store for decisions made elsewhere",
+                changed = await changes_since(since)
+            except Exception:  # a store outage: the next round covers this one too
+                log.warning("could not check the store for changes made elsewhere",
                             exc_info=True)
                 continue
-            for key in changed:
+            since = started - SWEEP_OVERLAP
+            for key in changed.intersection(self._listeners):
                 self.wake(key)
 
     @staticmethod

@@ -178,7 +178,9 @@ class PushChallenge(Base):
     """One push request: shown on the device, answered once with the device's signature (S03)."""
 
     __tablename__ = "push_challenges"
-    __table_args__ = (Index("ix_push_account_created", "account_id", "created_at"),)
+    __table_args__ = (Index("ix_push_account_created", "account_id", "created_at"),
+                      Index("ix_push_created", "created_at"),
+                      Index("ix_push_decided", "decided_at"))
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
     dialogue_id: Mapped[str] = mapped_column(String(32), index=True)
