@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from cryptography.x509.oid import NameOID
 from fastapi import FastAPI
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
@@ -484,16 +484,15 @@ def test_the_waits_socket_sends_each_followed_login_its_decision(unified: Servic
     auth = unified.client_auth()
     phone, _ = enrolled_phone(unified)
     first, second = push_login(unified, auth), push_login(unified, auth)
-    by_number = {first["push_number"]: first["token"], second["push_number"]: second["token"]}
     with waits_socket(unified, auth) as socket, subscribed(unified) as waiting:
         follow(socket, first["token"])
         follow(socket, second["token"])
         assert waiting.wait(TIMEOUT)
+        first_push, second_push = phone.pushes()  # in the order the logins asked
+        phone.send(first_push["id"], phone.signed(first_push["id"], "approve",
+                                                  number=first["push_number"]))
+        phone.send(second_push["id"], phone.signed(second_push["id"], "deny"))
         answers = {}
-        for push in phone.pushes():
-            number = next(n for n in push["choices"] if n in by_number)
-            decision = "approve" if by_number[number] == first["token"] else "deny"
-            phone.send(push["id"], phone.signed(push["id"], decision, number=number))
         for _ in range(2):
             message = received(socket)
             answers[message["token"]] = message["step"]["outcome"]
@@ -505,6 +504,25 @@ def test_the_waits_socket_refuses_a_client_without_credentials(unified: Service)
             waits_socket(unified, {"Authorization": "Basic bm9ib2R5Om5vdGhpbmc="}):
         pass
     assert refused.value.response.status_code == 403
+
+
+def test_the_waits_socket_closes_with_try_again_later_when_the_store_is_gone(
+        tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    init_home(home, "https://mfa.example.test", f"sqlite:///{tmp_path / 'store.db'}")
+    events = ServiceEvents()
+    gone = MFA.open(home, store="postgresql://mfa@127.0.0.1:1/mfa", migrate=False,
+                    events=events)
+    try:
+        with serving(create_app(gone, events)) as url, \
+                ws_connect(url.replace("http://", "ws://") + "/v1/auth/waits",
+                           additional_headers={"Authorization": "Basic dnBuOnNlY3JldA=="},
+                           open_timeout=TIMEOUT) as socket, \
+                pytest.raises(ConnectionClosed) as closed:
+            socket.recv(timeout=TIMEOUT)
+    finally:
+        gone.close()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
 
 
 def test_the_waits_socket_answers_a_malformed_message_and_stays_open(unified: Service) -> None:

@@ -39,6 +39,7 @@ router = APIRouter(prefix="/v1/auth", tags=["auth"])
 MAX_FOLLOWED = 50_000  # logins one socket may follow at once
 FOLLOW_CEILING = 86_400.0  # seconds; a follow ends at the push's deadline long before this
 POLICY_VIOLATION = 1008  # WebSocket close code: before `accept` the handshake gets 403
+TRY_AGAIN_LATER = 1013
 
 
 class FollowRequest(BaseModel):
@@ -51,13 +52,15 @@ class _Follow:
     """One followed login: what it needs between two checks of the store. No task, no
     coroutine: while the login waits on the phone, this, a listener and a timer are all."""
 
-    __slots__ = ("ctx", "key", "listener", "timer", "token")
+    __slots__ = ("checking", "ctx", "key", "listener", "stale", "timer", "token")
 
     def __init__(self, token: str, ctx: RequestContext) -> None:
         self.token, self.ctx = token, ctx
         self.key = ""
         self.timer: asyncio.TimerHandle | None = None
         self.listener: Listener | None = None
+        self.checking = False  # a check of the store is running
+        self.stale = False  # woken during that check: its answer may be out of date
 
 
 class _Socket:
@@ -65,7 +68,8 @@ class _Socket:
 
     Every method runs on the event loop. A check of the store runs in the loop's executor and
     comes back as a callback (`_checked`); while the login is still pending, the waiter's
-    wake-up or the push's deadline starts the next check (`_woken`).
+    wake-up or the push's deadline starts the next check (`_woken`). The listener stays from
+    the first pending answer to the end, so no wake-up falls between two checks.
     """
 
     def __init__(self, websocket: WebSocket, rt: Runtime, client: str) -> None:
@@ -102,10 +106,14 @@ class _Socket:
             self._check(follow)
 
     def _check(self, follow: _Follow) -> None:
+        follow.checking, follow.stale = True, False
+        # The loop's executor hands back a future to hang a callback on; anyio's thread pool
+        # would need a task per check, and a task per waiting login is what this avoids.
         checked = self.loop.run_in_executor(None, self.rt.mfa.poll, follow.token, follow.ctx)
         checked.add_done_callback(partial(self._checked, follow))
 
     def _checked(self, follow: _Follow, checked: asyncio.Future[Step]) -> None:
+        follow.checking = False
         if self.followed.get(follow.token) is not follow:
             return  # the socket closed meanwhile
         try:
@@ -118,15 +126,27 @@ class _Socket:
             self._finish(follow, {"token": follow.token,
                                   "step": step_response(self.rt, step).model_dump()})
             return
-        follow.key = step.wait_key
-        follow.listener = partial(self._woken, follow)
+        if follow.listener is None:
+            # The first check told us the key. A decision made between that check and now
+            # woke nobody, so listen first, then look once more.
+            follow.key = step.wait_key
+            follow.listener = partial(self._woken, follow)
+            self.rt.waiter.listen(follow.key, follow.listener)
+            follow.stale = True
+        if follow.stale:
+            self._check(follow)
+            return
+        if follow.timer is not None:
+            follow.timer.cancel()
         follow.timer = self.loop.call_later(wait_limit(self.rt, step, FOLLOW_CEILING),
-                                            follow.listener)
-        self.rt.waiter.listen(follow.key, follow.listener)
+                                            partial(self._woken, follow))
 
     def _woken(self, follow: _Follow) -> None:
-        self._quiet(follow)
-        self._check(follow)
+        """A wake-up or the deadline: look again, once the check running now (if any) ends."""
+        if follow.checking:
+            follow.stale = True
+        else:
+            self._check(follow)
 
     def _quiet(self, follow: _Follow) -> None:
         if follow.listener is not None:
@@ -137,6 +157,7 @@ class _Socket:
             follow.timer = None
 
     def _finish(self, follow: _Follow, reply: dict[str, Any]) -> None:
+        self._quiet(follow)
         del self.followed[follow.token]
         self.outbox.put_nowait(reply)
 
@@ -153,8 +174,12 @@ async def waits(websocket: WebSocket) -> None:
     try:
         client = await run_in_threadpool(rt.mfa.authenticate_client,
                                          websocket.headers.get("authorization", ""))
-    except (AuthenticationFailed, StoreUnavailable):
+    except AuthenticationFailed:
         await websocket.close(code=POLICY_VIOLATION)
+        return
+    except StoreUnavailable:  # not a refusal: the adapter applies its fail mode and retries
+        await websocket.accept()
+        await websocket.close(code=TRY_AGAIN_LATER, reason="store unavailable")
         return
     await websocket.accept()
     socket = _Socket(websocket, rt, client)
