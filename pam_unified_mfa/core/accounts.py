@@ -11,7 +11,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from pam_unified_mfa.errors import AlreadyExists, NotFound, PolicyViolation
@@ -41,10 +41,16 @@ def check_name(name: str) -> str:
     return name
 
 
+# Statements on every login's path are built once: building one costs more than running it.
+_BY_NAME = select(Account).where(Account.kind == bindparam("kind"),
+                                 Account.name == bindparam("name"))
+_GROUP_ENFORCEMENTS = (select(Group.enforcement)
+                       .join(Membership, Membership.group_id == Group.id)
+                       .where(Membership.account_id == bindparam("account_id")))
+
+
 def find_account(session: Session, name: str, kind: str = "user") -> Account | None:
-    return session.scalars(
-        select(Account).where(Account.kind == kind, Account.name == name)
-    ).one_or_none()
+    return session.scalars(_BY_NAME, {"kind": kind, "name": name}).one_or_none()
 
 
 def get_user(session: Session, name: str) -> Account:
@@ -114,12 +120,8 @@ def effective_enforcement(session: Session, account: Account, policy: OrgPolicy)
         return "required"
     if account.enforcement:
         return account.enforcement
-    group_values = [
-        value for value in session.scalars(
-            select(Group.enforcement).join(Membership, Membership.group_id == Group.id)
-            .where(Membership.account_id == account.id)
-        ) if value
-    ]
+    group_values = [value for value in session.scalars(_GROUP_ENFORCEMENTS,
+                                                       {"account_id": account.id}) if value]
     if group_values:
         return min(group_values, key=_STRICTNESS.__getitem__)
     return policy.default_enforcement

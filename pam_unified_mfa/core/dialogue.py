@@ -11,12 +11,9 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, cast
 
-from sqlalchemy import select, update
-from sqlalchemy.engine import CursorResult
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from pam_unified_mfa.core import audit, push
 from pam_unified_mfa.core.accounts import effective_enforcement, find_account, new_id
@@ -92,10 +89,6 @@ class Step:
     def granted(self) -> bool:
         return self.outcome is Outcome.ACCEPT or (
             self.outcome is Outcome.UNAVAILABLE and self.allowed)
-
-
-def _rowcount(result: Any) -> int:
-    return cast(CursorResult[Any], result).rowcount
 
 
 def _methods(account: Account, session: Session, now: float) -> tuple[str, ...]:
@@ -189,31 +182,30 @@ def begin(session: Session, env: Env, username: str, ctx: RequestContext,
     return Step(Outcome.ENROLL, PROMPT_ENROLL, token, ("code",), enroll_uri=enrollment.uri)
 
 
+# Built once: every login runs these, and building a statement costs more than running it.
+_LIVE_WHERE = (Dialogue.token_hash == bindparam("b_token_hash"),
+               Dialogue.adapter == bindparam("b_adapter"),
+               Dialogue.client == bindparam("b_client"), Dialogue.expires_at > bindparam("b_now"))
+_LIVE = select(Dialogue).where(*_LIVE_WHERE)
+_ROTATE = (update(Dialogue).where(*_LIVE_WHERE).values(token_hash=bindparam("b_new_hash"))
+           .returning(Dialogue))
+
+
 def _claim(session: Session, env: Env, token: str, ctx: RequestContext,
            rotate: bool) -> tuple[Dialogue | None, str | None]:
-    """Find the live dialogue for a token and, when answering, swap in a new single-use token."""
-    now = env.clock()
-    dialogue = session.scalars(
-        select(Dialogue).where(Dialogue.token_hash == token_hash(token))
-    ).one_or_none()
-    if dialogue is None or dialogue.adapter != ctx.adapter or dialogue.client != ctx.client:
-        return None, None
-    if dialogue.expires_at <= now:
-        session.delete(dialogue)
-        return None, None
+    """Find the live dialogue for a token and, when answering, swap in a new single-use token.
+
+    Answering claims the dialogue with one conditional UPDATE … RETURNING: of two answers
+    racing with the same token only one matches, and a login pays one statement, not two.
+    """
+    live = {"b_token_hash": token_hash(token), "b_adapter": ctx.adapter,
+            "b_client": ctx.client, "b_now": env.clock()}
     if not rotate:
-        return dialogue, token
+        dialogue = session.scalars(_LIVE, live).one_or_none()
+        return (dialogue, token) if dialogue is not None else (None, None)
     new_token = secrets.token_urlsafe(TOKEN_BYTES)
-    swapped = session.execute(
-        update(Dialogue)
-        .where(Dialogue.id == dialogue.id, Dialogue.token_hash == token_hash(token))
-        .values(token_hash=token_hash(new_token))
-        .execution_options(synchronize_session=False)
-    )
-    if _rowcount(swapped) != 1:
-        return None, None
-    set_committed_value(dialogue, "token_hash", token_hash(new_token))
-    return dialogue, new_token
+    claimed = session.scalars(_ROTATE, {**live, "b_new_hash": token_hash(new_token)}).one_or_none()
+    return (claimed, new_token) if claimed is not None else (None, None)
 
 
 def answer(session: Session, env: Env, token: str, reply: str, ctx: RequestContext) -> Step:
@@ -229,8 +221,8 @@ def answer(session: Session, env: Env, token: str, reply: str, ctx: RequestConte
             return start_push(session, env, dialogue, None, new_token, ctx)
         decoy_check(env, reply)
         return _after_failure(session, env, dialogue, new_token, DECOY_METHODS)
-    methods = _methods(account, session, env.clock())
-    if wants_push and dialogue.state == "ask" and "push" in methods:
+    if wants_push and dialogue.state == "ask" and "push" in _methods(account, session,
+                                                                      env.clock()):
         return start_push(session, env, dialogue, account, new_token, ctx)
     result = check_code(session, env, account, reply, ctx)
     if result.accepted:
@@ -239,6 +231,8 @@ def answer(session: Session, env: Env, token: str, reply: str, ctx: RequestConte
         return _finish(session, env, dialogue, Step(Outcome.REJECT, MSG_LOCKED))
     if is_locked(account, env.clock()):  # record_failure expired it: this reads the new lock
         return _finish(session, env, dialogue, Step(Outcome.REJECT, MSG_LOCKED))
+    # Listed only now: an accepted code, the common case, never needs them.
+    methods = _methods(account, session, env.clock())
     return _after_failure(session, env, dialogue, new_token, methods or ("code",))
 
 

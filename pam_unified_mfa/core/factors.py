@@ -11,7 +11,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from pam_unified_mfa import totp
@@ -67,11 +67,17 @@ class EnrollResult:
     expires_at: float
 
 
+# Built once: this runs on every login, and building a statement costs more than running it.
+_FACTORS = (select(Factor).where(Factor.account_id == bindparam("account_id"))
+            .order_by(Factor.created_at, Factor.id))
+_FACTORS_IN_STATES = _FACTORS.where(Factor.state.in_(bindparam("states", expanding=True)))
+
+
 def account_factors(session: Session, account: Account, *states: str) -> list[Factor]:
-    query = select(Factor).where(Factor.account_id == account.id)
     if states:
-        query = query.where(Factor.state.in_(states))
-    return list(session.scalars(query.order_by(Factor.created_at, Factor.id)))
+        return list(session.scalars(_FACTORS_IN_STATES,
+                                    {"account_id": account.id, "states": list(states)}))
+    return list(session.scalars(_FACTORS, {"account_id": account.id}))
 
 
 def is_usable(factor: Factor, now: float) -> bool:

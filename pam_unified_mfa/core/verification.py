@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import or_, update
+from sqlalchemy import bindparam, or_, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
@@ -38,6 +38,21 @@ class CodeCheck:
     reason: str
     factor_id: str | None = None
     kind: str | None = None
+
+
+# Statements on every login's path are built once: building one costs more than running it.
+# The step only moves forward: a code of this step or an older one is never taken again (S01).
+_CLAIM_STEP = (update(Factor)
+               .where(Factor.id == bindparam("factor_id"),
+                      or_(Factor.last_step.is_(None), Factor.last_step < bindparam("step")))
+               .values(last_step=bindparam("step"))
+               .execution_options(synchronize_session=False))
+_CLEAR_FAILURES = (update(Account)
+                   .where(Account.id == bindparam("account_id"),
+                          or_(Account.failures != 0, Account.lock_count != 0,
+                              Account.locked_until.is_not(None)))
+                   .values(failures=0, lock_count=0, locked_until=None)
+                   .execution_options(synchronize_session=False))
 
 
 def _rowcount(result: Any) -> int:
@@ -69,14 +84,7 @@ def _claim_totp(session: Session, env: Env, factor: Factor, code: str, now: floa
     step = totp.match_step(secret, params, code, now, env.settings.totp.window)
     if step is None:
         return None
-    # The step only moves forward: a code of this step or an older one is never taken again.
-    claimed = session.execute(
-        update(Factor)
-        .where(Factor.id == factor.id,
-               or_(Factor.last_step.is_(None), Factor.last_step < step))
-        .values(last_step=step)
-        .execution_options(synchronize_session=False)
-    )
+    claimed = session.execute(_CLAIM_STEP, {"factor_id": factor.id, "step": step})
     return "ok" if _rowcount(claimed) == 1 else "replay"
 
 
@@ -122,14 +130,7 @@ def record_failure(
 
 def record_success(session: Session, account: Account) -> None:
     """Clear the failure count and back-off; most logins have none, so usually no write."""
-    cleared = session.execute(
-        update(Account)
-        .where(Account.id == account.id,
-               or_(Account.failures != 0, Account.lock_count != 0,
-                   Account.locked_until.is_not(None)))
-        .values(failures=0, lock_count=0, locked_until=None)
-        .execution_options(synchronize_session=False)
-    )
+    cleared = session.execute(_CLEAR_FAILURES, {"account_id": account.id})
     if _rowcount(cleared):
         session.expire(account)
 
