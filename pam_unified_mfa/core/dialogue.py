@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from pam_unified_mfa.core import audit, push
@@ -113,18 +113,31 @@ def _prompt_text(methods: tuple[str, ...]) -> str:
     return PROMPT_CODE_OR_PUSH if "push" in methods else PROMPT_CODE
 
 
+# Built once: every login runs these, and building a statement costs more than running it.
+_LIVE_WHERE = (Dialogue.token_hash == bindparam("b_token_hash"),
+               Dialogue.adapter == bindparam("b_adapter"),
+               Dialogue.client == bindparam("b_client"), Dialogue.expires_at > bindparam("b_now"))
+_LIVE = select(Dialogue).where(*_LIVE_WHERE)
+_INSERT = insert(Dialogue)
+_DELETE = (delete(Dialogue).where(Dialogue.id == bindparam("b_id"))
+           .execution_options(synchronize_session=False))
+_ROTATE = (update(Dialogue).where(*_LIVE_WHERE).values(token_hash=bindparam("b_new_hash"))
+           .returning(Dialogue))
+
+
 def _new_dialogue(
     session: Session, env: Env, username: str, account: Account | None, ctx: RequestContext,
     state: str, enroll_factor: str | None = None,
 ) -> str:
     now = env.clock()
     token = secrets.token_urlsafe(TOKEN_BYTES)
-    session.add(Dialogue(
-        id=new_id(), token_hash=token_hash(token),
-        account_id=account.id if account else None, username=username, adapter=ctx.adapter,
-        client=ctx.client, state=state, attempts=0, enroll_factor_id=enroll_factor,
-        expires_at=now + env.seconds(env.settings.dialogue.ttl), created_at=now,
-    ))
+    session.execute(_INSERT, {
+        "id": new_id(), "token_hash": token_hash(token),
+        "account_id": account.id if account else None, "username": username,
+        "adapter": ctx.adapter, "client": ctx.client, "state": state, "attempts": 0,
+        "enroll_factor_id": enroll_factor,
+        "expires_at": now + env.seconds(env.settings.dialogue.ttl), "created_at": now,
+    })
     return token
 
 
@@ -133,7 +146,7 @@ def _finish(session: Session, env: Env, dialogue: Dialogue | None, step: Step) -
     if dialogue is not None:
         if dialogue.state == "push":
             push.cancel(session, dialogue.id, env.clock())
-        session.delete(dialogue)
+        session.execute(_DELETE, {"b_id": dialogue.id})
     return step
 
 
@@ -180,15 +193,6 @@ def begin(session: Session, env: Env, username: str, ctx: RequestContext,
     audit.record(session, now, actor=account.name, action="factor.enroll", subject=account.name,
                  outcome="pending", ctx=ctx, detail={"kind": enrollment.kind, "reason": "at_login"})
     return Step(Outcome.ENROLL, PROMPT_ENROLL, token, ("code",), enroll_uri=enrollment.uri)
-
-
-# Built once: every login runs these, and building a statement costs more than running it.
-_LIVE_WHERE = (Dialogue.token_hash == bindparam("b_token_hash"),
-               Dialogue.adapter == bindparam("b_adapter"),
-               Dialogue.client == bindparam("b_client"), Dialogue.expires_at > bindparam("b_now"))
-_LIVE = select(Dialogue).where(*_LIVE_WHERE)
-_ROTATE = (update(Dialogue).where(*_LIVE_WHERE).values(token_hash=bindparam("b_new_hash"))
-           .returning(Dialogue))
 
 
 def _claim(session: Session, env: Env, token: str, ctx: RequestContext,
