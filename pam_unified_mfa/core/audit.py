@@ -16,7 +16,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from pam_unified_mfa.core.context import RequestContext
-from pam_unified_mfa.store.models import AuditRecord
+from pam_unified_mfa.store.models import AuditRecord, table_of
 
 log = logging.getLogger("unified_mfa.audit")
 
@@ -53,7 +53,7 @@ def _check_detail(detail: Detail) -> str:
     return json.dumps(dict(detail), sort_keys=True)
 
 
-_INSERT = insert(AuditRecord)
+_INSERT = insert(table_of(AuditRecord))  # the table, not the class: no ORM bulk-insert layer
 
 
 def record(

@@ -33,7 +33,7 @@ from pam_unified_mfa.core.factors import (
 )
 from pam_unified_mfa.core.orgpolicy import get_policy
 from pam_unified_mfa.core.verification import check_code, decoy_check, is_locked, record_success
-from pam_unified_mfa.store.models import Account, Dialogue
+from pam_unified_mfa.store.models import Account, Dialogue, table_of
 
 TOKEN_BYTES = 24  # 32 characters: unguessable, and fits a RADIUS State attribute (<= 253 octets)
 
@@ -118,9 +118,9 @@ _LIVE_WHERE = (Dialogue.token_hash == bindparam("b_token_hash"),
                Dialogue.adapter == bindparam("b_adapter"),
                Dialogue.client == bindparam("b_client"), Dialogue.expires_at > bindparam("b_now"))
 _LIVE = select(Dialogue).where(*_LIVE_WHERE)
-_INSERT = insert(Dialogue)
-_DELETE = (delete(Dialogue).where(Dialogue.id == bindparam("b_id"))
-           .execution_options(synchronize_session=False))
+_TABLE = table_of(Dialogue)  # plain INSERT and DELETE skip the ORM's bulk-statement layer
+_INSERT = insert(_TABLE)
+_DELETE = delete(_TABLE).where(_TABLE.c.id == bindparam("b_id"))
 _ROTATE = (update(Dialogue).where(*_LIVE_WHERE).values(token_hash=bindparam("b_new_hash"))
            .returning(Dialogue))
 

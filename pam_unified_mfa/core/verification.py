@@ -26,7 +26,7 @@ from pam_unified_mfa.core.factors import (
     is_usable,
     secret_context,
 )
-from pam_unified_mfa.store.models import Account, Factor
+from pam_unified_mfa.store.models import Account, Factor, table_of
 
 # A TOTP check used for unknown users so that they cost the same time as real ones (S06).
 _DECOY_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"  # noqa: S105 - public, never enrolled
@@ -42,17 +42,19 @@ class CodeCheck:
 
 # Statements on every login's path are built once: building one costs more than running it.
 # The step only moves forward: a code of this step or an older one is never taken again (S01).
-_CLAIM_STEP = (update(Factor)
-               .where(Factor.id == bindparam("factor_id"),
-                      or_(Factor.last_step.is_(None), Factor.last_step < bindparam("step")))
-               .values(last_step=bindparam("step"))
-               .execution_options(synchronize_session=False))
-_CLEAR_FAILURES = (update(Account)
-                   .where(Account.id == bindparam("account_id"),
-                          or_(Account.failures != 0, Account.lock_count != 0,
-                              Account.locked_until.is_not(None)))
-                   .values(failures=0, lock_count=0, locked_until=None)
-                   .execution_options(synchronize_session=False))
+# Tables rather than classes: plain UPDATEs skip the ORM's bulk-statement layer.
+_FACTORS = table_of(Factor)
+_ACCOUNTS = table_of(Account)
+_CLAIM_STEP = (update(_FACTORS)
+               .where(_FACTORS.c.id == bindparam("factor_id"),
+                      or_(_FACTORS.c.last_step.is_(None),
+                          _FACTORS.c.last_step < bindparam("step")))
+               .values(last_step=bindparam("step")))
+_CLEAR_FAILURES = (update(_ACCOUNTS)
+                   .where(_ACCOUNTS.c.id == bindparam("account_id"),
+                          or_(_ACCOUNTS.c.failures != 0, _ACCOUNTS.c.lock_count != 0,
+                              _ACCOUNTS.c.locked_until.is_not(None)))
+                   .values(failures=0, lock_count=0, locked_until=None))
 
 
 def _rowcount(result: Any) -> int:

@@ -7,12 +7,29 @@ only as ciphertext (`Keyring.encrypt`) or keyed hashes (`Keyring.mac`).
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from typing import cast
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 class Base(DeclarativeBase):
     pass
+
+
+def table_of(model: type[Base]) -> Table:
+    """The mapped class's table, for plain statements on hot paths (no ORM layer)."""
+    return cast(Table, model.__table__)
 
 
 class OrgPolicy(Base):
