@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import jwt
@@ -59,6 +59,8 @@ from pam_unified_mfa.service.app import create_app
 from pam_unified_mfa.service.events import ServiceEvents
 from pam_unified_mfa.service.waiter import Listener, Waiter
 from tests.helpers import code_for
+
+T = TypeVar("T")
 
 TIMEOUT = 30.0  # a request that hangs fails the test instead of blocking the suite
 LONG_WAIT = 60  # longer than any test: a wait that returns did so because of the event
@@ -156,7 +158,7 @@ def subscribed(svc: Service) -> Iterator[threading.Event]:
         del svc.waiter.listen
 
 
-def in_background(call: Callable[[], httpx.Response]) -> Future[httpx.Response]:
+def in_background(call: Callable[[], T]) -> Future[T]:
     pool = ThreadPoolExecutor(max_workers=1)
     future = pool.submit(call)
     pool.shutdown(wait=False)
@@ -244,7 +246,9 @@ def test_healthz_is_ok_when_the_store_answers(svc: Service) -> None:
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
 
 
-def test_healthz_is_503_when_the_store_is_gone(tmp_path: Path) -> None:
+@pytest.fixture
+def store_gone(tmp_path: Path) -> Iterator[str]:
+    """A service whose store is unreachable; yields its base URL."""
     home = tmp_path / "home"
     init_home(home, "https://mfa.example.test", f"sqlite:///{tmp_path / 'store.db'}")
     events = ServiceEvents()
@@ -253,9 +257,13 @@ def test_healthz_is_503_when_the_store_is_gone(tmp_path: Path) -> None:
                     events=events)
     try:
         with serving(create_app(gone, events)) as url:
-            response = httpx.get(f"{url}/healthz", timeout=TIMEOUT)
+            yield url
     finally:
         gone.close()
+
+
+def test_healthz_is_503_when_the_store_is_gone(store_gone: str) -> None:
+    response = httpx.get(f"{store_gone}/healthz", timeout=TIMEOUT)
     assert (response.status_code, response.json()) == (503, {"status": "unavailable"})
 
 
@@ -507,21 +515,12 @@ def test_the_waits_socket_refuses_a_client_without_credentials(unified: Service)
 
 
 def test_the_waits_socket_closes_with_try_again_later_when_the_store_is_gone(
-        tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    init_home(home, "https://mfa.example.test", f"sqlite:///{tmp_path / 'store.db'}")
-    events = ServiceEvents()
-    gone = MFA.open(home, store="postgresql://mfa@127.0.0.1:1/mfa", migrate=False,
-                    events=events)
-    try:
-        with serving(create_app(gone, events)) as url, \
-                ws_connect(url.replace("http://", "ws://") + "/v1/auth/waits",
-                           additional_headers={"Authorization": "Basic dnBuOnNlY3JldA=="},
-                           open_timeout=TIMEOUT) as socket, \
-                pytest.raises(ConnectionClosed) as closed:
-            socket.recv(timeout=TIMEOUT)
-    finally:
-        gone.close()
+        store_gone: str) -> None:
+    with ws_connect(store_gone.replace("http://", "ws://") + "/v1/auth/waits",
+                    additional_headers={"Authorization": "Basic dnBuOnNlY3JldA=="},
+                    open_timeout=TIMEOUT) as socket, \
+            pytest.raises(ConnectionClosed) as closed:
+        socket.recv(timeout=TIMEOUT)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
 
 
