@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from pam_unified_mfa.core import MFA
+from pam_unified_mfa.core import MFA, RequestContext
 from pam_unified_mfa.home import init_home
 from pam_unified_mfa.settings import SETTINGS_FILE
 from pam_unified_mfa.store.database import normalise_url
+from tests.helpers import now_code, secret_of
 
 START = 1_800_000_000.0  # 2027-01-15, a fixed instant in the middle of a TOTP step
 
@@ -90,3 +92,27 @@ def mfa(home: Path, store_url: str, clock: FakeClock) -> Iterator[MFA]:
     core = MFA.open(home, store=store_url, clock=clock)
     yield core
     core.close()
+
+
+class _Named(Protocol):
+    name: str
+
+
+@pytest.fixture
+def secret(core: MFA, linux_user: _Named) -> str:
+    """The module's Linux user in the core with a confirmed TOTP. The confirming code is this
+    step's, so the tests' codes are the next step's (within the window)."""
+    core.add_user(linux_user.name)
+    value = secret_of(core.enroll(linux_user.name, "totp").uri)
+    assert core.authenticate_code(linux_user.name, now_code(core, value),
+                                  RequestContext()).granted
+    return value
+
+
+@pytest.fixture
+def core(home: Path, store_url: str) -> Iterator[MFA]:
+    """The core on real time, as a running daemon or service sees it: for tests that set users
+    up or approve pushes beside a real process."""
+    mfa = MFA.open(home, store=store_url)
+    yield mfa
+    mfa.close()

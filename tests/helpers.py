@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
 import jwt
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -11,6 +18,8 @@ from pam_unified_mfa.core import MFA, Outcome
 from pam_unified_mfa.core.context import RequestContext
 from pam_unified_mfa.core.factors import EnrollResult
 from pam_unified_mfa.enrollment_uri import parse_uri
+
+PAM_MODULE_DIR = Path(__file__).resolve().parent.parent / "pam_unified_mfa" / "pam"
 
 
 def secret_of(uri: str) -> str:
@@ -75,3 +84,40 @@ class Device:
     def approve(self, number: str) -> str:
         challenge = self.mfa.pending_pushes(self.factor_id)[0].id
         return self.mfa.answer_push(self.sign(challenge, "approve", number=number))
+
+
+def now_code(mfa: MFA, secret: str, offset_steps: int = 0) -> str:
+    """The code of real time (plus whole steps), for tests beside a running daemon or service."""
+    params = mfa.settings.totp.params()
+    return totp.code_at(secret, params, time.time() + offset_steps * params.period)
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 15) -> None:
+    """SIGTERM, and SIGKILL if it does not exit in time: a test never leaves a process behind."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+
+
+def require_tool(tool: str, package: str) -> str:
+    """The tool's path; a clear failure (never a skip) when the machine lacks it."""
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} is not installed (Debian package {package}): run scripts/setup")
+    return path
+
+
+def build_pam_module(out: Path) -> Path:
+    """pam_unified_mfa.so built by its Makefile into `out`, as the packaging script builds it."""
+    make = require_tool("make", "build-essential")
+    require_tool("cc", "build-essential")
+    if not Path("/usr/include/security/pam_modules.h").exists():
+        pytest.fail("PAM headers are missing (Debian package libpam0g-dev): run scripts/setup")
+    build = subprocess.run([make, "-C", str(PAM_MODULE_DIR), f"OUT={out}"], capture_output=True,
+                           text=True, check=False)
+    assert build.returncode == 0, build.stdout + build.stderr
+    return out / "pam_unified_mfa.so"

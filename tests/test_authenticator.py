@@ -33,6 +33,7 @@ import requests
 from PIL import Image
 
 from pam_unified_mfa.enrollment_uri import render
+from tests.helpers import stop_process
 
 APP = Path(sys.executable).with_name("unified-mfa-authenticator")
 SERVER = Path(sys.executable).with_name("unified-mfa")
@@ -307,13 +308,7 @@ class Service:
         return PushLogin(process)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=15)
+        stop_process(self.process)
 
 
 @dataclass

@@ -28,11 +28,10 @@ from pathlib import Path
 
 import pytest
 
-from pam_unified_mfa.core import MFA, RequestContext
-from tests.helpers import secret_of, wrong_code
+from pam_unified_mfa.core import MFA
+from tests.helpers import now_code, wrong_code
 from tests.test_pam_login import (
     LinuxUser,
-    now_code,
     options,
     pam_service,
     pamtester,
@@ -306,23 +305,6 @@ def pamd_socket(home: Path, store_url: str) -> Iterator[Path]:
             yield daemon.socket
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-@pytest.fixture
-def core(home: Path, store_url: str) -> Iterator[MFA]:
-    mfa = MFA.open(home, store=store_url)
-    yield mfa
-    mfa.close()
-
-
-@pytest.fixture
-def secret(core: MFA, linux_user: LinuxUser) -> str:
-    """The Linux user in the core with a confirmed TOTP; the tests' codes are the next step's."""
-    core.add_user(linux_user.name)
-    value = secret_of(core.enroll(linux_user.name, "totp").uri)
-    assert core.authenticate_code(linux_user.name, now_code(core, value),
-                                  RequestContext()).granted
-    return value
 
 
 @pytest.fixture

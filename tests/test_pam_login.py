@@ -35,9 +35,16 @@ from typing import Any
 import paramiko
 import pytest
 
-from pam_unified_mfa import totp
-from pam_unified_mfa.core import MFA, RequestContext
-from tests.helpers import Device, secret_of, wrong_code
+from pam_unified_mfa.core import MFA
+from tests.helpers import (
+    Device,
+    build_pam_module,
+    now_code,
+    require_tool,
+    secret_of,
+    stop_process,
+    wrong_code,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE_DIR = ROOT / "pam_unified_mfa" / "pam"
@@ -50,13 +57,6 @@ PUSH_PROMPT = re.compile(r"Approve the push on your device by choosing (\d+), th
 Answer = Callable[[str], str]
 
 
-def _require(tool: str, package: str) -> str:
-    path = shutil.which(tool) or (tool if Path(tool).exists() else None)
-    if path is None:
-        pytest.fail(f"{tool} is not installed (Debian package {package}): run scripts/setup")
-    return path
-
-
 # -- the pieces: module, Linux user, daemon, PAM service --------------------------------------
 
 
@@ -64,12 +64,7 @@ def _require(tool: str, package: str) -> str:
 def module_so(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if os.geteuid() != 0:
         pytest.fail("the login tests need root: they add a Linux user and /etc/pam.d services")
-    make = _require("make", "build-essential")
-    out = tmp_path_factory.mktemp("pam-build")
-    build = subprocess.run([make, "-C", str(MODULE_DIR), f"OUT={out}"], capture_output=True,
-                           text=True, check=False)
-    assert build.returncode == 0, build.stdout + build.stderr
-    return out / "pam_unified_mfa.so"
+    return build_pam_module(tmp_path_factory.mktemp("pam-build"))
 
 
 @dataclass(frozen=True)
@@ -121,16 +116,6 @@ class Output:
             return "\n".join(self.lines)
 
 
-def _stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(TIMEOUT)
-
-
 @dataclass
 class Pamd:
     socket: Path
@@ -159,37 +144,13 @@ def running_pamd(home: Path, store_url: str, path: Path) -> Iterator[Pamd]:
         assert log.wait_for("pamd: listening on"), log.text
         yield Pamd(path, log)
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @pytest.fixture
 def pamd(home: Path, store_url: str, run_dir: Path) -> Iterator[Pamd]:
     with running_pamd(home, store_url, run_dir / "run" / "pamd.sock") as daemon:
         yield daemon
-
-
-@pytest.fixture
-def core(home: Path, store_url: str) -> Iterator[MFA]:
-    """The core on real time, as the daemon sees it: sets users up, approves pushes."""
-    mfa = MFA.open(home, store=store_url)
-    yield mfa
-    mfa.close()
-
-
-def now_code(mfa: MFA, secret: str, offset_steps: int = 0) -> str:
-    params = mfa.settings.totp.params()
-    return totp.code_at(secret, params, time.time() + offset_steps * params.period)
-
-
-@pytest.fixture
-def secret(core: MFA, linux_user: LinuxUser) -> str:
-    """The Linux user in the core with a confirmed TOTP. The confirming code is this step's,
-    so the tests' codes are the next step's (within the window)."""
-    core.add_user(linux_user.name)
-    value = secret_of(core.enroll(linux_user.name, "totp").uri)
-    assert core.authenticate_code(linux_user.name, now_code(core, value),
-                                  RequestContext()).granted
-    return value
 
 
 @pytest.fixture
@@ -246,7 +207,7 @@ def by_prompt(user: LinuxUser, code: str | Callable[[], str], push: Answer | Non
 
 
 def pamtester(service: str, user: LinuxUser, *answers: str) -> subprocess.CompletedProcess[str]:
-    tool = _require("pamtester", "pamtester")
+    tool = require_tool("pamtester", "pamtester")
     return subprocess.run([tool, "-v", service, user.name, "authenticate"],
                           input="".join(a + "\n" for a in answers), capture_output=True,
                           text=True, timeout=TIMEOUT, check=False)
@@ -394,8 +355,8 @@ def _free_port() -> int:
 def sshd(module_so: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     """A real sshd on 127.0.0.1, started as `sshd-umfa-<random>`: OpenSSH names its PAM
     service after the program name, so /etc/pam.d/<that name> is its stack."""
-    binary = _require("/usr/sbin/sshd", "openssh-server")
-    keygen = _require("ssh-keygen", "openssh-client")
+    binary = require_tool("/usr/sbin/sshd", "openssh-server")
+    keygen = require_tool("ssh-keygen", "openssh-client")
     directory = tmp_path_factory.mktemp("sshd")
     name = f"sshd-umfa-{secrets.token_hex(4)}"
     program = directory / name
@@ -428,7 +389,7 @@ def sshd(module_so: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         assert log.wait_for(f"Server listening on 127.0.0.1 port {port}"), log.text
         yield Sshd(name, port, log)
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @dataclass

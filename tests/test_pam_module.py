@@ -39,6 +39,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import build_pam_module, require_tool
+
 ROOT = Path(__file__).resolve().parent.parent
 MODULE_DIR = ROOT / "pam_unified_mfa" / "pam"
 SESSION_FILE = ROOT / "tests" / "data" / "pam_module_session.txt"
@@ -70,13 +72,6 @@ NOBODY = 65534
 IO_TIMEOUT = 20.0
 
 
-def _require(tool: str, package: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.fail(f"{tool} is not installed (Debian package {package}): run scripts/setup")
-    return path
-
-
 # --- building ----------------------------------------------------------------------------
 
 
@@ -84,16 +79,7 @@ def _require(tool: str, package: str) -> str:
 def module_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if os.geteuid() != 0:
         pytest.fail("the PAM module tests need root: they write /etc/pam.d services")
-    make = _require("make", "build-essential")
-    _require("cc", "build-essential")
-    if not Path("/usr/include/security/pam_modules.h").exists():
-        pytest.fail("PAM headers are missing (Debian package libpam0g-dev): run scripts/setup")
-    out = tmp_path_factory.mktemp("pam-build")
-    build = subprocess.run(
-        [make, "-C", str(MODULE_DIR), f"OUT={out}"], capture_output=True, text=True
-    )
-    assert build.returncode == 0, build.stdout + build.stderr
-    return out / "pam_unified_mfa.so"
+    return build_pam_module(tmp_path_factory.mktemp("pam-build"))
 
 
 # --- the fake daemon ---------------------------------------------------------------------
@@ -407,13 +393,13 @@ class Pam:
         wrap: Callable[[list[str]], list[str]] = lambda cmd: cmd,
         valgrind: bool = False,
     ) -> Run:
-        command = [_require("pamtester", "pamtester"), "-v"]
+        command = [require_tool("pamtester", "pamtester"), "-v"]
         for key, value in (items or {}).items():
             command += ["-I", f"{key}={value}"]
         command += [service, user, "authenticate"]
         if valgrind:
             command = [
-                _require("valgrind", "valgrind"), "-q", "--error-exitcode=99",
+                require_tool("valgrind", "valgrind"), "-q", "--error-exitcode=99",
                 "--leak-check=full", "--errors-for-leak-kinds=definite,indirect", *command,
             ]
         start = time.monotonic()

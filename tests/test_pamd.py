@@ -161,14 +161,6 @@ def now_code(secret: str, mfa: MFA, offset_steps: int = 0) -> str:
 
 
 @pytest.fixture
-def core(home: Path, store_url: str) -> Iterator[MFA]:
-    """The core on real time, as the daemon sees it: used to set users up and approve pushes."""
-    mfa = MFA.open(home, store=store_url)
-    yield mfa
-    mfa.close()
-
-
-@pytest.fixture
 def pamd_log() -> Iterator[LogLines]:
     logger = logging.getLogger("unified_mfa.pamd")
     handler, level = LogLines(), logger.level

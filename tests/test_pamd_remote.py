@@ -31,7 +31,7 @@ from pam_unified_mfa.errors import ConfigError
 from pam_unified_mfa.pamd import protocol as p
 from pam_unified_mfa.pamd.session import PROMPT_CODE
 from pam_unified_mfa.settings import load_settings
-from tests.helpers import wrong_code
+from tests.helpers import stop_process, wrong_code
 from tests.test_authenticator import SERVER, Service, _wait_until_healthy, free_port
 from tests.test_pamd import Client, last, now_code, totp_user
 
@@ -54,13 +54,7 @@ class Pamd:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=15)
+        stop_process(self.process)
 
 
 def start_service(home: Path, log: Path) -> Service:
