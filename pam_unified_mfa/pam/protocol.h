@@ -12,6 +12,9 @@
 /* A line is at most this many bytes, including the final '\n'. */
 #define UMFA_MAX_LINE 1024
 
+/* Lines the module sends before the first prompt: HELLO, the five headers, AUTOPUSH, BEGIN. */
+#define UMFA_MAX_OPENING 8
+
 /* INFO and ERROR lines the module collects before one prompt or verdict. */
 #define UMFA_MAX_MESSAGES 64
 

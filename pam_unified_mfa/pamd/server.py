@@ -1,7 +1,9 @@
 """`unified-mfa pamd --socket PATH`: the Unix socket server behind the PAM module.
 
-One asyncio server, one `Session` per connection, every core call in a worker thread (the store
-is synchronous SQLAlchemy), so slow pushes do not hold up other logins. Only root and the
+One asyncio server, one `Session` per connection. Core calls on PostgreSQL or to a central
+service run in worker threads (the store is synchronous SQLAlchemy), so a slow database or
+network holds up no other login; on the embedded SQLite store they run on the loop (see
+`session.inline`). A pending push is polled, never waited on in a thread. Only root and the
 daemon's own uid may talk to it (SO_PEERCRED); its socket is 0600 in a 0700 directory, or comes
 from systemd socket activation. One log line per connection says what was decided, never what
 was typed.
@@ -24,7 +26,14 @@ from pam_unified_mfa.errors import ConfigError
 from pam_unified_mfa.home import require_home
 from pam_unified_mfa.pamd import protocol as p
 from pam_unified_mfa.pamd.remote import RemoteDialogues
-from pam_unified_mfa.pamd.session import POLL_INTERVAL, Abandoned, Dialogues, Session
+from pam_unified_mfa.pamd.session import (
+    POLL_INTERVAL,
+    Abandoned,
+    Call,
+    Dialogues,
+    Session,
+    inline,
+)
 from pam_unified_mfa.settings import Settings, load_settings, parse_duration
 
 log = logging.getLogger("unified_mfa.pamd")
@@ -104,14 +113,15 @@ def bind_socket(path: Path) -> socket.socket:
 
 
 async def handle(mfa: Dialogues, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 deadline: float, poll_interval: float = POLL_INTERVAL) -> None:
+                 deadline: float, poll_interval: float = POLL_INTERVAL,
+                 call: Call = asyncio.to_thread) -> None:
     """One connection: check the peer, run the dialogue within the deadline, log the decision."""
     uid = peer_uid(writer.get_extra_info("socket"))
     if not trusted(uid):
         log.warning("pamd: refused a connection from uid %d", uid)
         writer.close()
         return
-    session = Session(mfa, reader, writer, poll_interval)
+    session = Session(mfa, reader, writer, poll_interval, call)
     try:
         decision = await _decide(session, deadline)
         request = session.request
@@ -129,7 +139,8 @@ async def handle(mfa: Dialogues, reader: asyncio.StreamReader, writer: asyncio.S
 async def _decide(session: Session, deadline: float) -> str:
     """Run the dialogue; what was decided, or why the connection ends without a verdict."""
     try:
-        return await asyncio.wait_for(session.run(), deadline)
+        async with asyncio.timeout(deadline):
+            return await session.run()
     except p.ProtocolError as exc:
         return f"closed: protocol error: {exc}"
     except Abandoned:
@@ -142,11 +153,11 @@ async def _decide(session: Session, deadline: float) -> str:
 
 
 async def serve(mfa: Dialogues, listener: socket.socket, stop: asyncio.Event, deadline: float,
-                poll_interval: float = POLL_INTERVAL) -> None:
+                poll_interval: float = POLL_INTERVAL, call: Call = asyncio.to_thread) -> None:
     """Accept connections on `listener` until `stop` is set."""
     async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await handle(mfa, reader, writer, deadline, poll_interval)
+            await handle(mfa, reader, writer, deadline, poll_interval, call)
         except asyncio.CancelledError:  # the daemon is stopping: the module applies its fail mode
             log.info("pamd: a dialogue was cut short by the daemon stopping")
 
@@ -161,13 +172,13 @@ def session_deadline(settings: Settings) -> float:
 
 
 async def _main(mfa: Dialogues, settings: Settings, listener: socket.socket,
-                where: str) -> None:
+                where: str, call: Call) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     log.info("pamd: listening on %s", where)
-    await serve(mfa, listener, stop, session_deadline(settings))
+    await serve(mfa, listener, stop, session_deadline(settings), call=call)
     log.info("pamd: stopped")
 
 
@@ -190,8 +201,9 @@ def run(home: Path, store: str | None, socket_path: Path) -> int:
             listener = bind_socket(socket_path)
             created = socket_path.lstat()
         try:
-            asyncio.run(_main(mfa, settings, listener, "the activated socket" if created is None
-                              else str(socket_path)))
+            where = "the activated socket" if created is None else str(socket_path)
+            call = inline if local is not None and local.store.is_sqlite else asyncio.to_thread
+            asyncio.run(_main(mfa, settings, listener, where, call))
         finally:
             listener.close()
             if created is not None:

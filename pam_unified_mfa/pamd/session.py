@@ -10,10 +10,10 @@ see while waiting is part of a prompt.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from pam_unified_mfa.core import Outcome, Step
 from pam_unified_mfa.core.context import RequestContext
@@ -36,6 +36,20 @@ class Dialogues(Protocol):
     def answer(self, token: str, reply: str, ctx: RequestContext, /) -> Step: ...
 
     def poll(self, token: str, ctx: RequestContext, /) -> Step: ...
+
+
+Call = Callable[..., Awaitable[Step]]
+"""How a core call is made: in a worker thread (`asyncio.to_thread`) or on the loop (`inline`)."""
+
+
+async def inline(function: Callable[..., Step], *args: Any) -> Step:
+    """Run a core call on the event loop itself.
+
+    For the embedded SQLite store only: its calls take a millisecond or two, and writers take
+    turns anyway (one SQLite writer at a time), so a worker thread buys no concurrency there and
+    its two hand-offs per call cost a third of a login's time in the daemon.
+    """
+    return function(*args)
 
 
 class Abandoned(Exception):
@@ -121,8 +135,9 @@ class Session:
     """Drives one connection; `run` returns the decision sent, or raises."""
 
     def __init__(self, mfa: Dialogues, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 poll_interval: float = POLL_INTERVAL) -> None:
+                 poll_interval: float = POLL_INTERVAL, call: Call = asyncio.to_thread) -> None:
         self.mfa = mfa
+        self.call = call
         self.reader = reader
         self.writer = writer
         self.poll_interval = poll_interval
@@ -184,7 +199,7 @@ class Session:
                     if hangup.result():
                         raise p.ProtocolError("data from the module while waiting for a push")
                     raise Abandoned("the module closed the connection during a push")
-                step = await asyncio.to_thread(self.mfa.poll, step.token, ctx)
+                step = await self.call(self.mfa.poll, step.token, ctx)
         finally:
             hangup.cancel()
         return step
@@ -192,11 +207,11 @@ class Session:
     async def run(self) -> str:
         self.request = request = await self._handshake()
         ctx = request.ctx
-        step = await asyncio.to_thread(self.mfa.begin, request.user, ctx)
+        step = await self.call(self.mfa.begin, request.user, ctx)
         retry = False
         if request.autopush and step.outcome is Outcome.PROMPT and "push" in step.methods:
             assert step.token is not None
-            step = await asyncio.to_thread(self.mfa.answer, step.token, "push", ctx)
+            step = await self.call(self.mfa.answer, step.token, "push", ctx)
             retry = True
         while True:
             reply = RENDER[step.outcome](step, retry)
@@ -209,5 +224,5 @@ class Session:
             if reply.then is Then.WAIT and not text:
                 step = await self._wait_for_push(step, ctx)
             else:
-                step = await asyncio.to_thread(self.mfa.answer, token, text, ctx)
+                step = await self.call(self.mfa.answer, token, text, ctx)
             retry = True
