@@ -35,6 +35,14 @@ def parse_duration(text: str) -> float:
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+def parse_host_port(text: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPv6]:PORT` from a listen setting or option."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"listen address {text!r} must be HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
 def _check_public_url(url: str) -> None:
     """The public URL goes into push enrollment QR codes: refuse what they could not carry."""
     try:
@@ -131,6 +139,73 @@ class PamdSettings:
     timeout: str = "10s"
 
 
+FIRST_FACTORS = ("ldap", "pam", "none")
+RADIUS_MODES = ("challenge", "append", "autopush")
+
+
+@dataclass(frozen=True)
+class LdapSettings:
+    """The directory that checks RADIUS passwords when `[radius] first_factor = "ldap"`."""
+
+    url: str = ""
+    start_tls: bool = True
+    ca_file: str = ""
+    user_dn: str = ""
+    """A DN template with `{user}` (escaped for a DN), e.g. uid={user},ou=people,dc=example."""
+    timeout: str = "5s"
+
+
+@dataclass(frozen=True)
+class RadiusClientSettings:
+    """One gateway (or a network of them) allowed to ask, with its own shared secret."""
+
+    name: str = ""
+    address: str = ""
+    secret: str = ""
+    secret_file: str = ""
+    mode: str = "challenge"
+    require_message_authenticator: bool = True
+    first_factor: str = ""  # empty: [radius] first_factor
+
+
+@dataclass(frozen=True)
+class RadiusSettings:
+    """`unified-mfa radius` (docs/radius.md)."""
+
+    listen: str = "0.0.0.0:1812"
+    first_factor: str = ""
+    pam_service: str = "unified-mfa-radius"
+    receive_buffer: int = 8 * 1024 * 1024
+    reply_cache: str = "30s"
+    ldap: LdapSettings = field(default_factory=LdapSettings)
+    clients: tuple[RadiusClientSettings, ...] = field(
+        default=(), metadata={"items": RadiusClientSettings})
+
+    def check(self) -> None:
+        names = [c.name for c in self.clients]
+        if len(set(names)) != len(names):
+            raise ConfigError("[[radius.clients]] names must be unique")
+        for client in self.clients:
+            where = f"[[radius.clients]] {client.name or '(no name)'}"
+            if not client.name or not client.address:
+                raise ConfigError(f"{where}: name and address are required")
+            if bool(client.secret) == bool(client.secret_file):
+                raise ConfigError(f"{where}: set exactly one of secret and secret_file")
+            if client.mode not in RADIUS_MODES:
+                raise ConfigError(f"{where}: mode must be one of {', '.join(RADIUS_MODES)}")
+            if client.first_factor and client.first_factor not in FIRST_FACTORS:
+                raise ConfigError(f"{where}: first_factor must be one of "
+                                  f"{', '.join(FIRST_FACTORS)}")
+        if self.first_factor and self.first_factor not in FIRST_FACTORS:
+            raise ConfigError(f"[radius] first_factor must be one of {', '.join(FIRST_FACTORS)}")
+        if self.receive_buffer < 65536:
+            raise ConfigError("[radius] receive_buffer must be at least 65536 bytes")
+        parse_duration(self.reply_cache)
+        parse_duration(self.ldap.timeout)
+        if self.ldap.url and "{user}" not in self.ldap.user_dn:
+            raise ConfigError("[radius.ldap] user_dn must contain {user}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything `unified-mfa.toml` may say; defaults are the safe choice."""
@@ -147,6 +222,7 @@ class Settings:
     confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
     pamd: PamdSettings = field(default_factory=PamdSettings)
+    radius: RadiusSettings = field(default_factory=RadiusSettings)
 
     def __post_init__(self) -> None:
         if self.fail_mode not in ("secure", "safe"):
@@ -182,6 +258,7 @@ class Settings:
                               "client_secret_file set")
         if parse_duration(self.pamd.timeout) <= 0:
             raise ConfigError("[pamd] timeout must be more than 0")
+        self.radius.check()
         if not 8 <= self.bypass.length <= 20:
             raise ConfigError("[bypass] length must be between 8 and 20 digits")
         # Every text setting of these sections is a duration: check them all once, at load.
@@ -205,10 +282,16 @@ def _build(cls: type[Any], data: dict[str, Any], where: str) -> Any:
         if spec is None:
             raise ConfigError(f"unknown setting {where}{key}")
         default = getattr(cls(), key)
+        item = spec.metadata.get("items")
+        if item is not None:  # an array of tables: [[section.key]]
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(f"{where}{key} must be an array of tables ([[{where}{key}]])")
+            kwargs[key] = tuple(_build(item, v, f"{where}{key}.") for v in value)
+            continue
         if hasattr(default, "__dataclass_fields__"):
             if not isinstance(value, dict):
                 raise ConfigError(f"[{key}] must be a table")
-            kwargs[key] = _build(type(default), value, f"{key}.")
+            kwargs[key] = _build(type(default), value, f"{where}{key}.")
             continue
         # bool is a subclass of int: check it explicitly so `digits = true` is refused.
         if type(value) is not type(default):

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
+import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +127,31 @@ def build_pam_module(out: Path) -> Path:
                            text=True, check=False)
     assert build.returncode == 0, build.stdout + build.stderr
     return out / "pam_unified_mfa.so"
+
+
+@dataclass(frozen=True)
+class LinuxUser:
+    name: str
+    password: str
+
+
+@contextmanager
+def throwaway_linux_user() -> Iterator[LinuxUser]:
+    """A Linux user with a random name and password (for pam_unix), removed afterwards."""
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root: it adds a Linux user")
+    user = LinuxUser(f"umfa{secrets.token_hex(4)}", secrets.token_urlsafe(12))
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", user.name], check=True)
+    try:
+        subprocess.run(["chpasswd"], input=f"{user.name}:{user.password}\n", text=True,
+                       check=True)
+        yield user
+    finally:
+        subprocess.run(["userdel", user.name], check=False)
+
+
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """A port on 127.0.0.1 that nothing listens on right now (TCP, or UDP with SOCK_DGRAM)."""
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import pty
-import socket
 import stat
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import requests
 from PIL import Image
 
 from pam_unified_mfa.enrollment_uri import render
-from tests.helpers import stop_process
+from tests.helpers import free_port, stop_process
 
 APP = Path(sys.executable).with_name("unified-mfa-authenticator")
 SERVER = Path(sys.executable).with_name("unified-mfa")
@@ -103,13 +102,6 @@ class App:
 def app(tmp_path: Path) -> App:
     """A state directory that does not exist yet, as on a fresh install."""
     return App(tmp_path / "authenticator")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- without a service ------------------------------------------------------------------------

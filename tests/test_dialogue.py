@@ -78,6 +78,25 @@ def test_a_token_is_bound_to_the_adapter_that_began_the_dialogue(mfa: MFA) -> No
     assert is_expired(mfa.answer(token, code_for(mfa, uri), other_adapter))
 
 
+def test_a_token_answered_for_another_user_is_refused_and_spent(mfa: MFA) -> None:
+    uri = enrolled(mfa)
+    token = begun(mfa)
+    assert is_expired(mfa.answer(token, code_for(mfa, uri), NAS, user="mallory"))
+    assert is_expired(mfa.answer(token, code_for(mfa, uri), NAS, user="alice"))
+
+
+def test_a_token_polled_for_another_user_is_refused(mfa: MFA) -> None:
+    enrolled(mfa)
+    token = begun(mfa)
+    assert is_expired(mfa.poll(token, NAS, user="mallory"))
+
+
+def test_a_token_answered_for_its_own_user_works(mfa: MFA) -> None:
+    uri = enrolled(mfa)
+    token = begun(mfa)
+    assert mfa.answer(token, code_for(mfa, uri), NAS, user="alice").outcome is Outcome.ACCEPT
+
+
 def test_a_token_expires_after_the_dialogue_ttl(mfa: MFA, clock: FakeClock) -> None:
     uri = enrolled(mfa)
     token = begun(mfa)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import secrets
 import shutil
 import subprocess
@@ -29,9 +28,8 @@ from pathlib import Path
 import pytest
 
 from pam_unified_mfa.core import MFA
-from tests.helpers import now_code, wrong_code
+from tests.helpers import LinuxUser, now_code, throwaway_linux_user, wrong_code
 from tests.test_pam_login import (
-    LinuxUser,
     options,
     pam_service,
     pamtester,
@@ -273,16 +271,8 @@ def test_build_deb_refuses_a_relative_unified_mfa_path(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def linux_user() -> Iterator[LinuxUser]:
-    if os.geteuid() != 0:
-        pytest.fail("the packaging tests need root: they install a package and add a user")
-    user = LinuxUser(f"umfa{secrets.token_hex(4)}", secrets.token_urlsafe(12))
-    _checked("useradd", "--no-create-home", "--shell", "/bin/sh", user.name)
-    try:
-        subprocess.run(["chpasswd"], input=f"{user.name}:{user.password}\n", text=True,
-                       check=True)
+    with throwaway_linux_user() as user:
         yield user
-    finally:
-        _run("userdel", user.name)
 
 
 @pytest.fixture

@@ -38,11 +38,14 @@ import pytest
 from pam_unified_mfa.core import MFA
 from tests.helpers import (
     Device,
+    LinuxUser,
     build_pam_module,
+    free_port,
     now_code,
     require_tool,
     secret_of,
     stop_process,
+    throwaway_linux_user,
     wrong_code,
 )
 
@@ -67,22 +70,10 @@ def module_so(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_pam_module(tmp_path_factory.mktemp("pam-build"))
 
 
-@dataclass(frozen=True)
-class LinuxUser:
-    name: str
-    password: str
-
-
 @pytest.fixture(scope="module")
 def linux_user(module_so: Path) -> Iterator[LinuxUser]:
-    user = LinuxUser(f"umfa{secrets.token_hex(4)}", secrets.token_urlsafe(12))
-    subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", user.name], check=True)
-    try:
-        subprocess.run(["chpasswd"], input=f"{user.name}:{user.password}\n", text=True,
-                       check=True)
+    with throwaway_linux_user() as user:
         yield user
-    finally:
-        subprocess.run(["userdel", user.name], check=False)
 
 
 class Output:
@@ -345,12 +336,6 @@ class Sshd:
     log: Output
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def sshd(module_so: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     """A real sshd on 127.0.0.1, started as `sshd-umfa-<random>`: OpenSSH names its PAM
@@ -363,7 +348,7 @@ def sshd(module_so: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     program.symlink_to(binary)
     host_key = directory / "host_ed25519"
     subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
-    port = _free_port()
+    port = free_port()
     config = directory / "sshd_config"
     config.write_text("\n".join([
         f"ListenAddress 127.0.0.1:{port}",

@@ -396,6 +396,12 @@ def cmd_pamd(args: argparse.Namespace) -> int:
     return run(home, args.store, Path(args.socket))
 
 
+def cmd_radius(args: argparse.Namespace) -> int:
+    from radius.server import run
+
+    return run(args.home or default_home(), args.store, args.listen)
+
+
 def cmd_client(args: argparse.Namespace) -> int:
     key = Path(args.public_key).read_text(encoding="utf-8") if args.public_key else None
     mfa = _open(args)
@@ -570,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("serve", cmd_serve, "the HTTP service (device, auth and admin APIs)")
     p.add_argument("--listen", metavar="HOST:PORT")
+
+    p = add("radius", cmd_radius, "the RADIUS responder for VPN gateways")
+    p.add_argument("--listen", metavar="HOST:PORT", help="default: [radius] listen")
 
     p = add("pamd", cmd_pamd, "the local daemon behind the PAM module")
     p.add_argument("--socket", metavar="PATH", default="/run/unified-mfa/pamd.sock")

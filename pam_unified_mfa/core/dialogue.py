@@ -212,11 +212,22 @@ def _claim(session: Session, env: Env, token: str, ctx: RequestContext,
     return (claimed, new_token) if claimed is not None else (None, None)
 
 
-def answer(session: Session, env: Env, token: str, reply: str, ctx: RequestContext) -> Step:
-    """Take the user's reply: a code, a bypass code, or `push` / nothing to ask for a push."""
+def _same_user(dialogue: Dialogue, user: str | None) -> bool:
+    return user is None or secrets.compare_digest(user.encode(), dialogue.username.encode())
+
+
+def answer(session: Session, env: Env, token: str, reply: str, ctx: RequestContext,
+           user: str | None = None) -> Step:
+    """Take the user's reply: a code, a bypass code, or `push` / nothing to ask for a push.
+
+    `user`, when the adapter's request names one (a RADIUS User-Name), must be the user the
+    dialogue began for: a token lifted from another user's login is spent, and refused.
+    """
     dialogue, new_token = _claim(session, env, token, ctx, rotate=True)
     if dialogue is None or new_token is None:
         return Step(Outcome.REJECT, MSG_EXPIRED)
+    if not _same_user(dialogue, user):
+        return _finish(session, env, dialogue, Step(Outcome.REJECT, MSG_EXPIRED))
     account = session.get(Account, dialogue.account_id) if dialogue.account_id else None
     wants_push = reply.strip().lower() in ("", "push")
     if account is None:
@@ -282,11 +293,17 @@ _PUSH_ENDINGS = {
 }
 
 
-def poll(session: Session, env: Env, token: str, ctx: RequestContext) -> Step:
-    """Follow a pending push without spending the token; it ends at the decision or deadline."""
+def poll(session: Session, env: Env, token: str, ctx: RequestContext,
+         user: str | None = None) -> Step:
+    """Follow a pending push without spending the token; it ends at the decision or deadline.
+
+    `user`, as for `answer`: a token of another user's login ends that login, refused.
+    """
     dialogue, _ = _claim(session, env, token, ctx, rotate=False)
     if dialogue is None:
         return Step(Outcome.REJECT, MSG_EXPIRED)
+    if not _same_user(dialogue, user):
+        return _finish(session, env, dialogue, Step(Outcome.REJECT, MSG_EXPIRED))
     now = env.clock()
     if dialogue.state != "push" or dialogue.push_deadline is None:
         return Step(Outcome.PROMPT, _prompt_text(("code",)), token, ("code",))

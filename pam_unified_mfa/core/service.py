@@ -105,11 +105,12 @@ class MFA:
     def begin(self, username: str, ctx: RequestContext, kind: str = "user") -> Step:
         return self._guarded(ctx, lambda s: dialogue.begin(s, self.env, username, ctx, kind))
 
-    def answer(self, token: str, reply: str, ctx: RequestContext) -> Step:
-        return self._guarded(ctx, lambda s: dialogue.answer(s, self.env, token, reply, ctx))
+    def answer(self, token: str, reply: str, ctx: RequestContext,
+               user: str | None = None) -> Step:
+        return self._guarded(ctx, lambda s: dialogue.answer(s, self.env, token, reply, ctx, user))
 
-    def poll(self, token: str, ctx: RequestContext) -> Step:
-        return self._guarded(ctx, lambda s: dialogue.poll(s, self.env, token, ctx))
+    def poll(self, token: str, ctx: RequestContext, user: str | None = None) -> Step:
+        return self._guarded(ctx, lambda s: dialogue.poll(s, self.env, token, ctx, user))
 
     def authenticate_code(self, username: str, code: str, ctx: RequestContext) -> Step:
         """One complete check of a code, as an adapter that got it with the password would."""

@@ -22,7 +22,7 @@ from pam_unified_mfa.core import MFA
 from pam_unified_mfa.errors import UnifiedMFAError
 from pam_unified_mfa.service.app import create_app
 from pam_unified_mfa.service.events import ServiceEvents
-from pam_unified_mfa.settings import Settings, default_home, load_settings
+from pam_unified_mfa.settings import Settings, default_home, load_settings, parse_host_port
 
 # Request lines and statuses only: uvicorn never logs bodies, and neither does anything here.
 LOG_CONFIG: dict[str, Any] = {
@@ -55,10 +55,7 @@ def listen_address(settings: Settings, listen: str | None) -> tuple[str, int]:
         parts = urlsplit(settings.public_url)
         default = 443 if parts.scheme == "https" else 80
         return parts.hostname or "", parts.port or default
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ListenError(f"listen address {text!r} must be HOST:PORT")
-    return host.strip("[]"), int(port)
+    return parse_host_port(text)
 
 
 def is_loopback(host: str) -> bool:
