@@ -256,7 +256,7 @@ def test_the_units_run_the_unified_mfa_path_given_to_build_deb_and_pass_systemd_
             (units / name).read_text(encoding="utf-8"))
     result = _run("systemd-analyze", "verify", *(str(units / unit) for unit in UNITS))
     assert result.returncode == 0, result.stdout + result.stderr
-    # verify also loads units the ours refer to (targets, and what those pull in): warnings
+    # verify also loads the units ours refer to (targets, and what those pull in): warnings
     # about other packages' units on this machine (e.g. freeradius.service) are not ours.
     ours = [line for line in (result.stdout + result.stderr).splitlines()
             if "unified-mfa" in line]
