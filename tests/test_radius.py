@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,13 @@ from tests.helpers import (
     stop_process,
     throwaway_linux_user,
     wrong_code,
+)
+from tests.test_authenticator import (  # noqa: F401 - fixtures used by the test below
+    App,
+    Service,
+    _pending_push,
+    app,
+    service,
 )
 
 SECRET = "radius-test-secret"
@@ -106,15 +114,16 @@ class Responder:
     log: Path
 
 
-@pytest.fixture
-def responder(home: Path, store_url: str, tmp_path: Path) -> Iterator[Responder]:
-    """`unified-mfa radius` on a free UDP port of 127.0.0.1 (all of 127/8 reaches it)."""
+@contextmanager
+def running_radius(home: Path, store_url: str | None, log: Path) -> Iterator[Responder]:
+    """`unified-mfa radius` on a free UDP port of 127.0.0.1, which every 127/8 source
+    reaches; yields once it has printed that it listens."""
     port = free_port(socket.SOCK_DGRAM)
-    log = tmp_path / "radius.log"
+    store = ["--store", store_url] if store_url else []
     with log.open("w") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "pam_unified_mfa.cli.main", "radius", "--home", str(home),
-             "--store", store_url, "--listen", f"0.0.0.0:{port}"],
+             *store, "--listen", f"127.0.0.1:{port}"],
             stdout=subprocess.PIPE, stderr=log_file, text=True)
         try:
             assert process.stdout is not None
@@ -123,6 +132,12 @@ def responder(home: Path, store_url: str, tmp_path: Path) -> Iterator[Responder]
             yield Responder(port, log)
         finally:
             stop_process(process)
+
+
+@pytest.fixture
+def responder(home: Path, store_url: str, tmp_path: Path) -> Iterator[Responder]:
+    with running_radius(home, store_url, tmp_path / "radius.log") as running:
+        yield running
 
 
 @dataclass
@@ -269,6 +284,43 @@ def test_autopush_mode_sends_the_push_with_the_password(
     assert pushed.code == "Access-Challenge"
     assert core.pending_pushes(device.factor_id)
     assert re.search(r"choosing \d+", pushed.attributes["Reply-Message"])
+
+
+@pytest.fixture
+def service_settings() -> str:
+    """For the `service` fixture: a gateway in autopush mode beside the HTTP service."""
+    return f"""
+[radius]
+first_factor = "none"
+
+[[radius.clients]]
+name = "autopush-gw"
+address = "127.0.0.3"
+secret = "{SECRET}"
+mode = "autopush"
+"""
+
+
+@pytest.mark.e2e
+def test_autopush_approved_by_the_reference_authenticator_lets_the_user_in(
+        service: Service, app: App, tmp_path: Path) -> None:  # noqa: F811 - imported fixtures
+    service.merge()
+    service.enroll(app, "alice", tmp_path)  # one scan: push + TOTP (R05)
+    with running_radius(service.home, None, tmp_path / "radius.log") as radius:
+        pushed = radclient(radius.port, {"User-Name": "alice", "User-Password": "checked"},
+                           source="127.0.0.3")
+        assert pushed.code == "Access-Challenge"
+        number = re.search(r"choosing (\d+)", pushed.attributes["Reply-Message"])
+        assert number is not None
+        held: list[Answer] = []
+        waiting = threading.Thread(target=lambda: held.append(radclient(
+            radius.port, {"User-Name": "alice", "State": pushed.attributes["State"]},
+            source="127.0.0.3", timeout=30)))
+        waiting.start()
+        push = _pending_push(app, number.group(1))
+        app.ok("approve", push["id"], "--number", number.group(1))
+        waiting.join(TIMEOUT + 30)
+    assert held and held[0].code == "Access-Accept"
 
 
 # -- what is dropped --------------------------------------------------------------------------
