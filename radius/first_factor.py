@@ -52,10 +52,10 @@ def ldap_check(settings: LdapSettings, home: Path) -> PasswordCheck:
     ca_file = settings.ca_file
     if ca_file and not Path(ca_file).is_absolute():
         ca_file = str(home / ca_file)
-    tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=ca_file or None)
-    server = ldap3.Server(settings.url, tls=tls, connect_timeout=parse_duration(settings.timeout))
-    start_tls = settings.start_tls and not settings.url.lower().startswith("ldaps://")
     timeout = parse_duration(settings.timeout)
+    tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=ca_file or None)
+    server = ldap3.Server(settings.url, tls=tls, connect_timeout=timeout)
+    start_tls = settings.start_tls and not settings.url.lower().startswith("ldaps://")
 
     def check(user: str, password: str) -> bool:
         if not password or not user:

@@ -22,7 +22,7 @@ from pyrad import packet
 
 from pam_unified_mfa.core import MFA, Outcome, Step
 from pam_unified_mfa.core.context import RequestContext
-from pam_unified_mfa.service.waiter import Waiter
+from pam_unified_mfa.service.waiter import Waiter, until_decided
 from radius.clients import Client
 from radius.first_factor import PasswordCheck
 
@@ -36,8 +36,9 @@ MSG_ENROLL = ("No MFA method is enrolled for this account: enroll in the user po
 MSG_APPEND_PUSH = ("Append a passcode to the password (password,123456): a push needs a "
                    "gateway that shows a challenge")
 PROMPT_PUSH = "Approve the push on your device by choosing {number}, then press Enter"
-DEADLINE_GRACE = 2.0  # seconds past the push's deadline, so the last check finds it expired
 REPLY_MESSAGE_MAX = 253
+_VERDICTS = {packet.AccessAccept: "accept", packet.AccessReject: "reject",
+             packet.AccessChallenge: "challenge"}
 
 
 def split_append(password: str) -> tuple[str, str]:
@@ -84,18 +85,22 @@ class Responder:
 
     @staticmethod
     def _logged(user: str, client: Client, reply: packet.AuthPacket) -> packet.AuthPacket:
-        log.info("radius: user=%s client=%s %s", user, client.name,
-                 {packet.AccessAccept: "accept", packet.AccessReject: "reject",
-                  packet.AccessChallenge: "challenge"}.get(reply.code, "?"))
+        log.info("radius: user=%s client=%s %s", user, client.name, _VERDICTS.get(reply.code, "?"))
         return reply
 
     async def _next(self, token: str, typed: str, ctx: RequestContext, user: str) -> Step:
         """A request that carries a State: the answer to a prompt, or Enter on a push shown
-        with its number (then the request is held until the decision)."""
+        with its number (then the request is held until the decision).
+
+        Only Enter (or `push`) needs to know whether a push is pending; a code goes straight
+        to the core, which checks it whatever the dialogue waits for.
+        """
+        if typed.strip().lower() not in ("", "push"):
+            return await asyncio.to_thread(self.mfa.answer, token, typed, ctx, user)
         step = await asyncio.to_thread(self.mfa.poll, token, ctx, user)
-        if step.outcome is Outcome.PUSH_PENDING and typed.strip().lower() in ("", "push"):
+        if step.outcome is Outcome.PUSH_PENDING:
             return await self._decision(step, ctx, user)
-        if step.outcome in (Outcome.PUSH_PENDING, Outcome.PROMPT):
+        if step.outcome is Outcome.PROMPT:
             step = await asyncio.to_thread(self.mfa.answer, token, typed, ctx, user)
         return step
 
@@ -120,15 +125,14 @@ class Responder:
     async def _decision(self, step: Step, ctx: RequestContext, user: str) -> Step:
         """Hold the request until the push is decided or expires; no thread while it waits."""
         token = step.token
-        assert token is not None and step.wait_key is not None
+        assert token is not None
 
         async def check() -> Step:
             return await asyncio.to_thread(self.mfa.poll, token, ctx, user)
 
-        remaining = (step.deadline or self.mfa.env.clock()) - self.mfa.env.clock()
-        return await self.waiter.follow(step.wait_key, check,
-                                        lambda s: s.outcome is not Outcome.PUSH_PENDING,
-                                        max(0.0, remaining) + DEADLINE_GRACE)
+        env = self.mfa.env
+        return await until_decided(self.waiter, step, check, env.clock(),
+                                   env.seconds(env.settings.push.timeout))
 
 
 def _reply(request: packet.AuthPacket, code: int, message: str = "",

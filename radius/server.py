@@ -110,7 +110,9 @@ class RadiusServer(asyncio.DatagramProtocol):
                 reply = await self.responder.respond(client, request)
             except Exception:
                 log.exception("radius: the request from client %s failed", client.name)
-                return None  # no reply: the gateway retries or fails over
+                # No reply, also to its retransmissions (the cache keeps it): fail closed,
+                # and the gateway fails over to another server.
+                return None
         reply.add_message_authenticator()
         encoded: bytes = reply.ReplyPacket()
         return encoded
@@ -162,7 +164,7 @@ def run(home: Path, store: str | None, listen: str | None) -> int:
         require_home(home)
         settings = load_settings(home)
         clients = ClientTable.from_settings(home, settings.radius)
-        if not len(clients):
+        if not clients:
             raise ConfigError("no [[radius.clients]] in the settings: no gateway may ask")
         checks = password_checks(settings.radius, home, {c.first_factor for c in clients})
         host, port = parse_host_port(listen or settings.radius.listen)

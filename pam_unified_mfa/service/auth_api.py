@@ -18,15 +18,15 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from pam_unified_mfa.core import Outcome, RequestContext, Step
+from pam_unified_mfa.core import RequestContext, Step
 from pam_unified_mfa.service.clients import ClientName
 from pam_unified_mfa.service.errors import errors
 from pam_unified_mfa.service.runtime import Runtime, runtime
+from pam_unified_mfa.service.waiter import until_decided
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
 
 MAX_WAIT = 300  # server-to-server: a push (60 s by default) fits in one wait
-DEADLINE_GRACE = 0.2  # seconds past a push's deadline before the last check finds it expired
 
 
 class BeginRequest(BaseModel):
@@ -104,20 +104,7 @@ async def decision(rt: Runtime, token: str, ctx: RequestContext, timeout: float)
     async def check() -> Step:
         return await run_in_threadpool(rt.mfa.poll, token, ctx)
 
-    step = await check()
-    if step.outcome is Outcome.PUSH_PENDING and step.wait_key and timeout > 0:
-        step = await rt.waiter.follow(step.wait_key, check,
-                                      lambda s: s.outcome is not Outcome.PUSH_PENDING,
-                                      wait_limit(rt, step, timeout))
-    return step
-
-
-def wait_limit(rt: Runtime, step: Step, ceiling: float) -> float:
-    """Seconds to wait on a pending step: `ceiling`, cut at the push's deadline plus a grace,
-    so that the check made then finds the push expired."""
-    if step.deadline is None:
-        return ceiling
-    return min(ceiling, max(0.0, step.deadline - rt.mfa.env.clock()) + DEADLINE_GRACE)
+    return await until_decided(rt.waiter, await check(), check, rt.mfa.env.clock(), timeout)
 
 
 @router.post("/wait", response_model=StepResponse, responses=RESPONSES)

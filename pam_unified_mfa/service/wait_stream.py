@@ -28,9 +28,9 @@ from starlette.websockets import WebSocketDisconnect
 
 from pam_unified_mfa.core import Outcome, RequestContext, Step
 from pam_unified_mfa.errors import AuthenticationFailed, StoreUnavailable
-from pam_unified_mfa.service.auth_api import context, step_response, wait_limit
+from pam_unified_mfa.service.auth_api import context, step_response
 from pam_unified_mfa.service.runtime import Runtime
-from pam_unified_mfa.service.waiter import Listener
+from pam_unified_mfa.service.waiter import Listener, wait_limit
 
 log = logging.getLogger("unified_mfa.service")
 
@@ -138,8 +138,8 @@ class _Socket:
             return
         if follow.timer is not None:
             follow.timer.cancel()
-        follow.timer = self.loop.call_later(wait_limit(self.rt, step, FOLLOW_CEILING),
-                                            partial(self._woken, follow))
+        limit = wait_limit(step, self.rt.mfa.env.clock(), FOLLOW_CEILING)
+        follow.timer = self.loop.call_later(limit, partial(self._woken, follow))
 
     def _woken(self, follow: _Follow) -> None:
         """A wake-up or the deadline: look again, once the check running now (if any) ends."""

@@ -28,6 +28,8 @@ from contextlib import contextmanager, suppress
 from functools import partial
 from typing import TypeVar
 
+from pam_unified_mfa.core import Outcome, Step
+
 T = TypeVar("T")
 
 log = logging.getLogger("unified_mfa.service")
@@ -35,6 +37,8 @@ log = logging.getLogger("unified_mfa.service")
 SWEEP_SECONDS = 2.0  # how stale a change made elsewhere may be when a waiter learns of it
 
 SWEEP_OVERLAP = 10.0  # seconds each round looks back past the previous one
+
+DEADLINE_GRACE = 0.2  # seconds past a push's deadline before the last check finds it expired
 
 Sweep = Callable[[float], Awaitable[set[str]]]
 
@@ -137,3 +141,23 @@ class Waiter:
         task.cancel()
         with suppress(asyncio.CancelledError):
             await task
+
+
+def wait_limit(step: Step, now: float, ceiling: float) -> float:
+    """Seconds to wait on a pending step: `ceiling`, cut at the push's deadline plus a grace,
+    so that the check made then finds the push expired."""
+    if step.deadline is None:
+        return ceiling
+    return min(ceiling, max(0.0, step.deadline - now) + DEADLINE_GRACE)
+
+
+async def until_decided(waiter: Waiter, step: Step, check: Callable[[], Awaitable[Step]],
+                        now: float, ceiling: float) -> Step:
+    """Follow a login that waits on a push (`check` polls the core) until it no longer does,
+    or for `ceiling` seconds; never past the push's deadline (then the core finds it expired).
+    """
+    if step.outcome is not Outcome.PUSH_PENDING or not step.wait_key or ceiling <= 0:
+        return step
+    return await waiter.follow(step.wait_key, check,
+                               lambda s: s.outcome is not Outcome.PUSH_PENDING,
+                               wait_limit(step, now, ceiling))
