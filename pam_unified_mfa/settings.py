@@ -153,6 +153,10 @@ class LdapSettings:
     user_dn: str = ""
     """A DN template with `{user}` (escaped for a DN), e.g. uid={user},ou=people,dc=example."""
     timeout: str = "5s"
+    group_base: str = ""
+    """Where the user's groups are searched after the bind; empty: no directory groups."""
+    group_filter: str = "(&(objectClass=groupOfNames)(member={dn}))"
+    """`{dn}` is the user's DN, `{user}` the user name, both escaped for a filter (RFC 4515)."""
 
 
 @dataclass(frozen=True)
@@ -204,6 +208,10 @@ class RadiusSettings:
         parse_duration(self.ldap.timeout)
         if self.ldap.url and "{user}" not in self.ldap.user_dn:
             raise ConfigError("[radius.ldap] user_dn must contain {user}")
+        if self.ldap.group_base and not any(
+                mark in self.ldap.group_filter for mark in ("{dn}", "{user}")):
+            # Without the user in it, the filter would hand everyone every group it finds.
+            raise ConfigError("[radius.ldap] group_filter must contain {dn} or {user}")
 
 
 @dataclass(frozen=True)

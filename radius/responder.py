@@ -109,9 +109,11 @@ class Responder:
         """The password, then the core's first step (and, by mode, the answer sent with it)."""
         password, second = split_append(typed) if client.mode == "append" else (typed, "")
         check = self.checks[client.first_factor]
-        if not await asyncio.to_thread(check, user, password):
+        first = await asyncio.to_thread(check, user, password)
+        if not first.ok:
             return None
-        step = await asyncio.to_thread(self.mfa.begin, user, ctx)
+        step = await asyncio.to_thread(self.mfa.begin, user, ctx,
+                                       directory_groups=first.groups)
         if step.outcome is not Outcome.PROMPT or step.token is None:
             return step
         if client.mode == "append":

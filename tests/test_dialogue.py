@@ -228,3 +228,85 @@ def test_a_user_who_is_not_exempt_and_has_no_factor_is_rejected_at_begin(mfa: MF
     step = mfa.begin("alice", NAS)
     assert step.outcome is Outcome.REJECT
     assert not step.granted
+
+
+# -- directory groups (the first factor's directory says which groups a user is in) ----------
+
+
+def test_a_directory_group_set_to_exempt_lets_a_user_without_factors_in(mfa: MFA) -> None:
+    mfa.add_user("alice")
+    mfa.set_enforcement("vpn-exempt", "exempt", group=True)
+    step = mfa.begin("alice", NAS, directory_groups=("vpn-exempt",))
+    assert step.outcome is Outcome.ACCEPT
+
+
+def test_a_required_directory_group_beats_an_exempt_organisation_default(mfa: MFA) -> None:
+    mfa.add_admin("boss")
+    mfa.set_default_enforcement("boss", "exempt")
+    mfa.add_user("alice")
+    mfa.set_enforcement("vpn-strict", "required", group=True)
+    assert mfa.begin("alice", NAS).outcome is Outcome.ACCEPT
+    step = mfa.begin("alice", NAS, directory_groups=("vpn-strict",))
+    assert step.outcome is Outcome.REJECT
+
+
+def test_a_required_directory_group_beats_an_exempt_stored_group(mfa: MFA) -> None:
+    mfa.add_user("alice", groups=("service-accounts",))
+    mfa.set_enforcement("service-accounts", "exempt", group=True)
+    mfa.set_enforcement("vpn-strict", "required", group=True)
+    step = mfa.begin("alice", NAS, directory_groups=("vpn-strict",))
+    assert step.outcome is Outcome.REJECT
+
+
+def test_a_required_stored_group_beats_an_exempt_directory_group(mfa: MFA) -> None:
+    mfa.add_user("alice", groups=("staff",))
+    mfa.set_enforcement("staff", "required", group=True)
+    mfa.set_enforcement("vpn-exempt", "exempt", group=True)
+    step = mfa.begin("alice", NAS, directory_groups=("vpn-exempt",))
+    assert step.outcome is Outcome.REJECT
+
+
+def test_the_users_own_setting_beats_an_exempt_directory_group(mfa: MFA) -> None:
+    mfa.add_user("alice")
+    mfa.set_enforcement("alice", "required")
+    mfa.set_enforcement("vpn-exempt", "exempt", group=True)
+    step = mfa.begin("alice", NAS, directory_groups=("vpn-exempt",))
+    assert step.outcome is Outcome.REJECT
+
+
+def test_an_enroll_at_login_directory_group_offers_the_enrollment(mfa: MFA) -> None:
+    mfa.add_user("alice")
+    mfa.set_enforcement("vpn-new", "enroll_at_login", group=True)
+    step = mfa.begin("alice", NAS, directory_groups=("vpn-new",))
+    assert step.outcome is Outcome.ENROLL
+
+
+def test_directory_group_names_the_store_does_not_know_are_ignored(mfa: MFA) -> None:
+    mfa.add_user("alice")
+    step = mfa.begin("alice", NAS, directory_groups=("no-such-group", "x)(cn=*"))
+    assert step.outcome is Outcome.REJECT  # the organisation default, required
+
+
+def test_directory_groups_are_not_written_to_the_store(mfa: MFA) -> None:
+    mfa.add_user("alice")
+    mfa.set_enforcement("vpn-exempt", "exempt", group=True)
+    mfa.begin("alice", NAS, directory_groups=("vpn-exempt", "other"))
+    assert mfa.show_user("alice").groups == ()
+
+
+def test_an_unknown_user_in_an_exempt_directory_group_still_gets_the_decoy_prompt(
+        mfa: MFA) -> None:
+    # The store matches names exactly and directories mostly do not: `ALICE` bound in the
+    # directory must not escape alice's own `required` through an exempt directory group.
+    mfa.add_user("alice")
+    mfa.set_enforcement("alice", "required")
+    mfa.set_enforcement("vpn-exempt", "exempt", group=True)
+    step = mfa.begin("ALICE", NAS, directory_groups=("vpn-exempt",))
+    assert step.outcome is Outcome.PROMPT and step.methods == ("code", "push")
+
+
+def test_directory_groups_do_not_exempt_an_admin_account(mfa: MFA) -> None:
+    mfa.add_admin("boss")
+    mfa.set_enforcement("vpn-exempt", "exempt", group=True)
+    step = mfa.begin("boss", NAS, kind="admin", directory_groups=("vpn-exempt",))
+    assert step.outcome is not Outcome.ACCEPT

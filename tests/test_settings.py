@@ -81,3 +81,23 @@ def test_malformed_durations_are_refused(text: str) -> None:
 def test_malformed_duration_in_file_is_refused_at_load(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="duration"):
         load_settings(write(tmp_path, '[throttle]\nlockout = "forever"\n'))
+
+
+def test_ldap_groups_are_off_unless_a_group_base_is_set() -> None:
+    ldap = Settings().radius.ldap
+    assert ldap.group_base == ""
+    assert ldap.group_filter == "(&(objectClass=groupOfNames)(member={dn}))"
+
+
+def test_ldap_group_settings_are_read(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, '[radius.ldap]\ngroup_base = "ou=groups,dc=ex"\n'
+                                             'group_filter = "(memberUid={user})"\n'))
+    assert settings.radius.ldap.group_base == "ou=groups,dc=ex"
+    assert settings.radius.ldap.group_filter == "(memberUid={user})"
+
+
+def test_an_ldap_group_filter_that_names_no_user_is_refused(tmp_path: Path) -> None:
+    # Such a filter would give every user every group it finds.
+    with pytest.raises(ConfigError, match="group_filter"):
+        load_settings(write(tmp_path, '[radius.ldap]\ngroup_base = "ou=groups,dc=ex"\n'
+                                      'group_filter = "(objectClass=groupOfNames)"\n'))

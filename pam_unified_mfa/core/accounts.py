@@ -47,6 +47,9 @@ _BY_NAME = select(Account).where(Account.kind == bindparam("kind"),
 _GROUP_ENFORCEMENTS = (select(Group.enforcement)
                        .join(Membership, Membership.group_id == Group.id)
                        .where(Membership.account_id == bindparam("account_id")))
+# Groups with an enforcement are few; reading them all keeps the statement fixed (an expanding
+# IN over the directory's names would be compiled again at every login).
+_ENFORCED_GROUPS = select(Group.name, Group.enforcement).where(Group.enforcement.is_not(None))
 
 
 def find_account(session: Session, name: str, kind: str = "user") -> Account | None:
@@ -110,8 +113,25 @@ def check_enforcement(value: str | None) -> str | None:
     return value
 
 
-def effective_enforcement(session: Session, account: Account, policy: OrgPolicy) -> str:
-    """The account's own setting, else the strictest of its groups', else the organisation's.
+def _directory_enforcement(session: Session, names: tuple[str, ...]) -> str | None:
+    """The strictest enforcement set on any of these group names, or None.
+
+    Directory groups are the groups an external directory (the first factor's) says the
+    account is in. They are matched by name against the stored groups, read only: a name no
+    stored group has, or a group that inherits, adds nothing, and nothing is written.
+    """
+    if not names:
+        return None
+    wanted = set(names)
+    values = [enforcement for name, enforcement in session.execute(_ENFORCED_GROUPS)
+              if name in wanted and enforcement]
+    return min(values, key=_STRICTNESS.__getitem__) if values else None
+
+
+def effective_enforcement(session: Session, account: Account, policy: OrgPolicy,
+                          directory_groups: tuple[str, ...] = ()) -> str:
+    """The account's own setting, else the strictest of its groups' (stored and directory
+    groups alike), else the organisation's.
 
     Admin-only accounts are always `required`: an admin console without MFA is the one hole an
     attacker looks for first.
@@ -122,6 +142,9 @@ def effective_enforcement(session: Session, account: Account, policy: OrgPolicy)
         return account.enforcement
     group_values = [value for value in session.scalars(_GROUP_ENFORCEMENTS,
                                                        {"account_id": account.id}) if value]
+    from_directory = _directory_enforcement(session, directory_groups)
+    if from_directory is not None:
+        group_values.append(from_directory)
     if group_values:
         return min(group_values, key=_STRICTNESS.__getitem__)
     return policy.default_enforcement

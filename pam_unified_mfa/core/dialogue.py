@@ -11,8 +11,9 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import Row, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from pam_unified_mfa.core import audit, push
@@ -114,15 +115,24 @@ def _prompt_text(methods: tuple[str, ...]) -> str:
 
 
 # Built once: every login runs these, and building a statement costs more than running it.
-_LIVE_WHERE = (Dialogue.token_hash == bindparam("b_token_hash"),
-               Dialogue.adapter == bindparam("b_adapter"),
-               Dialogue.client == bindparam("b_client"), Dialogue.expires_at > bindparam("b_now"))
-_LIVE = select(Dialogue).where(*_LIVE_WHERE)
-_TABLE = table_of(Dialogue)  # plain INSERT and DELETE skip the ORM's bulk-statement layer
+# A dialogue is read as a plain row and changed by explicit UPDATEs: every login claims one, and
+# the ORM's bulk-statement and identity-map layers would cost more than the statements.
+_TABLE = table_of(Dialogue)
+LiveDialogue = Row[Any]
+"""A dialogue row as claimed; its columns are attributes (`.state`, `.attempts`, …)."""
+_LIVE_WHERE = (_TABLE.c.token_hash == bindparam("b_token_hash"),
+               _TABLE.c.adapter == bindparam("b_adapter"),
+               _TABLE.c.client == bindparam("b_client"), _TABLE.c.expires_at > bindparam("b_now"))
+_LIVE = select(_TABLE).where(*_LIVE_WHERE)
 _INSERT = insert(_TABLE)
-_DELETE = delete(_TABLE).where(_TABLE.c.id == bindparam("b_id"))
-_ROTATE = (update(Dialogue).where(*_LIVE_WHERE).values(token_hash=bindparam("b_new_hash"))
-           .returning(Dialogue))
+_BY_ID = _TABLE.c.id == bindparam("b_id")
+_DELETE = delete(_TABLE).where(_BY_ID)
+_ROTATE = (update(_TABLE).where(*_LIVE_WHERE).values(token_hash=bindparam("b_new_hash"))
+           .returning(*_TABLE.c))
+_COUNT_ATTEMPT = update(_TABLE).where(_BY_ID).values(attempts=_TABLE.c.attempts + 1)
+_PUSH_SENT = update(_TABLE).where(_BY_ID).values(
+    state="push", push_number=bindparam("b_number"), push_deadline=bindparam("b_deadline"),
+    expires_at=bindparam("b_expires"))
 
 
 def _new_dialogue(
@@ -141,7 +151,7 @@ def _new_dialogue(
     return token
 
 
-def _finish(session: Session, env: Env, dialogue: Dialogue | None, step: Step) -> Step:
+def _finish(session: Session, env: Env, dialogue: LiveDialogue | None, step: Step) -> Step:
     """End the dialogue; a push still open on the device is withdrawn."""
     if dialogue is not None:
         if dialogue.state == "push":
@@ -151,8 +161,14 @@ def _finish(session: Session, env: Env, dialogue: Dialogue | None, step: Step) -
 
 
 def begin(session: Session, env: Env, username: str, ctx: RequestContext,
-          kind: str = "user") -> Step:
-    """Start MFA for someone whose first factor has just succeeded."""
+          kind: str = "user", directory_groups: tuple[str, ...] = ()) -> Step:
+    """Start MFA for someone whose first factor has just succeeded.
+
+    `directory_groups` are the groups the first factor's directory found for the user; they
+    count like stored groups for enforcement, for accounts the store knows only. An unknown
+    name gets the decoy even in an exempt directory group: directories mostly match names
+    without case, the store exactly, so `ALICE` must not escape alice's own `required`.
+    """
     now = env.clock()
     account = find_account(session, username, kind)
     if account is None:
@@ -160,7 +176,7 @@ def begin(session: Session, env: Env, username: str, ctx: RequestContext,
         token = _new_dialogue(session, env, username, None, ctx, "ask")
         return Step(Outcome.PROMPT, _prompt_text(DECOY_METHODS), token, DECOY_METHODS)
     policy = get_policy(session, now)
-    enforcement = effective_enforcement(session, account, policy)
+    enforcement = effective_enforcement(session, account, policy, directory_groups)
     if enforcement == "exempt":
         audit.record(session, now, actor=account.name, action="mfa.login", subject=account.name,
                      outcome="accepted", ctx=ctx, detail={"reason": "exempt"})
@@ -196,7 +212,7 @@ def begin(session: Session, env: Env, username: str, ctx: RequestContext,
 
 
 def _claim(session: Session, env: Env, token: str, ctx: RequestContext,
-           rotate: bool) -> tuple[Dialogue | None, str | None]:
+           rotate: bool) -> tuple[LiveDialogue | None, str | None]:
     """Find the live dialogue for a token and, when answering, swap in a new single-use token.
 
     Answering claims the dialogue with one conditional UPDATE … RETURNING: of two answers
@@ -205,14 +221,14 @@ def _claim(session: Session, env: Env, token: str, ctx: RequestContext,
     live = {"b_token_hash": token_hash(token), "b_adapter": ctx.adapter,
             "b_client": ctx.client, "b_now": env.clock()}
     if not rotate:
-        dialogue = session.scalars(_LIVE, live).one_or_none()
+        dialogue = session.execute(_LIVE, live).one_or_none()
         return (dialogue, token) if dialogue is not None else (None, None)
     new_token = secrets.token_urlsafe(TOKEN_BYTES)
-    claimed = session.scalars(_ROTATE, {**live, "b_new_hash": token_hash(new_token)}).one_or_none()
+    claimed = session.execute(_ROTATE, {**live, "b_new_hash": token_hash(new_token)}).one_or_none()
     return (claimed, new_token) if claimed is not None else (None, None)
 
 
-def _same_user(dialogue: Dialogue, user: str | None) -> bool:
+def _same_user(dialogue: LiveDialogue, user: str | None) -> bool:
     return user is None or secrets.compare_digest(user.encode(), dialogue.username.encode())
 
 
@@ -251,17 +267,17 @@ def answer(session: Session, env: Env, token: str, reply: str, ctx: RequestConte
     return _after_failure(session, env, dialogue, new_token, methods or ("code",))
 
 
-def _after_failure(session: Session, env: Env, dialogue: Dialogue, token: str,
+def _after_failure(session: Session, env: Env, dialogue: LiveDialogue, token: str,
                    methods: tuple[str, ...]) -> Step:
-    dialogue.attempts += 1
-    if dialogue.attempts >= env.settings.dialogue.max_attempts:
+    if dialogue.attempts + 1 >= env.settings.dialogue.max_attempts:
         return _finish(session, env, dialogue, Step(Outcome.REJECT, MSG_DENIED))
+    session.execute(_COUNT_ATTEMPT, {"b_id": dialogue.id})
     if dialogue.state == "enroll":
         methods = ("code",)
     return Step(Outcome.PROMPT, f"{MSG_WRONG}. {_prompt_text(methods)}", token, methods)
 
 
-def start_push(session: Session, env: Env, dialogue: Dialogue, account: Account | None,
+def start_push(session: Session, env: Env, dialogue: LiveDialogue, account: Account | None,
                token: str, ctx: RequestContext) -> Step:
     """Send a push and wait: the login screen shows the number to pick on the device (S03).
 
@@ -277,10 +293,8 @@ def start_push(session: Session, env: Env, dialogue: Dialogue, account: Account 
     else:
         number = f"{secrets.randbelow(90) + 10}"
         deadline = now + env.seconds(env.settings.push.timeout)
-    dialogue.state = "push"
-    dialogue.push_number = number
-    dialogue.push_deadline = deadline
-    dialogue.expires_at = max(dialogue.expires_at, deadline)
+    session.execute(_PUSH_SENT, {"b_id": dialogue.id, "b_number": number, "b_deadline": deadline,
+                                 "b_expires": max(dialogue.expires_at, deadline)})
     return Step(Outcome.PUSH_PENDING,
                 f"Approve the push on your device by choosing the number {number}",
                 token, ("code",), push_number=number, deadline=deadline, wait_key=dialogue.id)

@@ -102,8 +102,12 @@ class MFA:
                         ctx.adapter, ctx.client or "-", mode, "allow" if allowed else "deny")
             return Step(Outcome.UNAVAILABLE, MSG_UNAVAILABLE, allowed=allowed)
 
-    def begin(self, username: str, ctx: RequestContext, kind: str = "user") -> Step:
-        return self._guarded(ctx, lambda s: dialogue.begin(s, self.env, username, ctx, kind))
+    def begin(self, username: str, ctx: RequestContext, kind: str = "user", *,
+              directory_groups: tuple[str, ...] = ()) -> Step:
+        """Start MFA after the first factor; `directory_groups`, the groups the first factor's
+        directory found for the user, count like stored groups for enforcement."""
+        return self._guarded(ctx, lambda s: dialogue.begin(s, self.env, username, ctx, kind,
+                                                           directory_groups))
 
     def answer(self, token: str, reply: str, ctx: RequestContext,
                user: str | None = None) -> Step:
