@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD_DEB = ROOT / "packaging" / "build-deb"
 PACKAGE = "unified-mfa-pam"
 MODULE = "pam_unified_mfa.so"
-UNITS = ("unified-mfa-pamd.socket", "unified-mfa-pamd.service", "unified-mfa.service")
+UNITS = ("unified-mfa-pamd.socket", "unified-mfa-pamd.service", "unified-mfa.service",
+         "unified-mfa-radius.service")
 PAM_D = Path("/etc/pam.d")
 LOCK = Path("/run/lock/unified-mfa-pam-tests.lock")
 
@@ -244,6 +245,28 @@ def test_the_http_service_runs_serve_on_the_same_home(deb: Path, tmp_path: Path)
     assert "ReadWritePaths=/var/lib/unified-mfa" in settings
 
 
+def test_the_radius_service_runs_the_responder_on_the_same_home_with_only_the_bind_capability(
+        deb: Path, tmp_path: Path) -> None:
+    unit = extracted(deb, tmp_path) / "lib/systemd/system/unified-mfa-radius.service"
+    settings = unit_settings(unit.read_text(encoding="utf-8"))
+    assert "ExecStart=/usr/bin/unified-mfa radius" in settings
+    for expected in ("Environment=UNIFIED_MFA_HOME=/var/lib/unified-mfa",
+                     "ReadWritePaths=/var/lib/unified-mfa", "NoNewPrivileges=yes",
+                     "CapabilityBoundingSet=CAP_NET_BIND_SERVICE", "ProtectSystem=strict"):
+        assert expected in settings
+
+
+def test_the_radius_samples_are_shipped_as_examples_outside_etc(deb: Path) -> None:
+    listing = contents(deb)
+    assert listing["/usr/share/unified-mfa/pam.d/unified-mfa-radius"] == "-rw-r--r-- root/root"
+    examples = "/usr/share/doc/unified-mfa-pam/examples/radius"
+    for sample in ("README.md", "unified-mfa.toml", "freeradius/proxy.conf",
+                   "freeradius/unified-mfa", "pam_radius_auth/openvpn",
+                   "openvpn/server.conf", "strongswan/eap-radius.conf"):
+        assert listing[f"{examples}/{sample}"] == "-rw-r--r-- root/root", sample
+    assert "/usr/share/doc/unified-mfa-pam/radius.md" in listing
+
+
 def test_the_units_run_the_unified_mfa_path_given_to_build_deb_and_pass_systemd_verify(
         tmp_path: Path) -> None:
     _require("systemd-analyze", "systemd")
@@ -251,7 +274,8 @@ def test_the_units_run_the_unified_mfa_path_given_to_build_deb_and_pass_systemd_
     assert command.is_file(), f"{command}: the project's virtualenv has no unified-mfa command"
     deb = _build(tmp_path / "out", "--unified-mfa-path", str(command))
     units = extracted(deb, tmp_path / "root") / "lib/systemd/system"
-    for name, verb in (("unified-mfa-pamd.service", "pamd"), ("unified-mfa.service", "serve")):
+    for name, verb in (("unified-mfa-pamd.service", "pamd"), ("unified-mfa.service", "serve"),
+                       ("unified-mfa-radius.service", "radius")):
         assert f"ExecStart={command} {verb}" in unit_settings(
             (units / name).read_text(encoding="utf-8"))
     result = _run("systemd-analyze", "verify", *(str(units / unit) for unit in UNITS))
