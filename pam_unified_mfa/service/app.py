@@ -1,4 +1,5 @@
-"""The FastAPI application: the three APIs, `/healthz`, `/metrics`, and error mapping.
+"""The FastAPI application: the three APIs and the Keycloak bridge, `/healthz`, `/metrics`,
+and error mapping.
 
 `build_app()` is the application without a core (enough for the OpenAPI document);
 `create_app(mfa, events)` binds it to a core and to the events the core reports after commit.
@@ -16,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from keycloak_bridge import api as keycloak_api
 from pam_unified_mfa import __version__
 from pam_unified_mfa.core import MFA
 from pam_unified_mfa.service import admin_api, auth_api, device_api, errors, wait_stream
@@ -40,6 +42,7 @@ def build_app(lifespan: Any = None) -> FastAPI:
     app.include_router(device_api.router)
     app.include_router(auth_api.router)
     app.include_router(wait_stream.router)
+    app.include_router(keycloak_api.router)
     app.include_router(admin_api.router)
     errors.install(app)
 
