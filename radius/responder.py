@@ -15,16 +15,16 @@ this module only moves text between packets and the core.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from pyrad import packet
 
 from pam_unified_mfa.core import MFA, Outcome, Step
 from pam_unified_mfa.core.context import RequestContext
+from pam_unified_mfa.loop_calls import Call, in_thread
 from pam_unified_mfa.service.waiter import Waiter, until_decided
 from radius.clients import Client
-from radius.first_factor import PasswordCheck
+from radius.first_factor import PasswordCheck, no_check
 
 log = logging.getLogger("unified_mfa.radius")
 
@@ -54,10 +54,12 @@ def _text(request: packet.AuthPacket, name: str) -> str:
 
 
 class Responder:
-    def __init__(self, mfa: MFA, waiter: Waiter, checks: dict[str, PasswordCheck]) -> None:
+    def __init__(self, mfa: MFA, waiter: Waiter, checks: dict[str, PasswordCheck],
+                 call: Call = in_thread) -> None:
         self.mfa = mfa
         self.waiter = waiter
         self.checks = checks
+        self.call = call
 
     async def respond(self, client: Client, request: packet.AuthPacket) -> packet.AuthPacket:
         user = _text(request, "User-Name")
@@ -96,12 +98,12 @@ class Responder:
         to the core, which checks it whatever the dialogue waits for.
         """
         if typed.strip().lower() not in ("", "push"):
-            return await asyncio.to_thread(self.mfa.answer, token, typed, ctx, user)
-        step = await asyncio.to_thread(self.mfa.poll, token, ctx, user)
+            return await self.call(self.mfa.answer, token, typed, ctx, user)
+        step = await self.call(self.mfa.poll, token, ctx, user)
         if step.outcome is Outcome.PUSH_PENDING:
             return await self._decision(step, ctx, user)
         if step.outcome is Outcome.PROMPT:
-            step = await asyncio.to_thread(self.mfa.answer, token, typed, ctx, user)
+            step = await self.call(self.mfa.answer, token, typed, ctx, user)
         return step
 
     async def _first(self, client: Client, user: str, typed: str,
@@ -109,19 +111,21 @@ class Responder:
         """The password, then the core's first step (and, by mode, the answer sent with it)."""
         password, second = split_append(typed) if client.mode == "append" else (typed, "")
         check = self.checks[client.first_factor]
-        first = await asyncio.to_thread(check, user, password)
+        # A directory bind or a PAM stack blocks on the network: always a thread; `none` not.
+        first = check(user, password) if check is no_check else await in_thread(
+            check, user, password)
         if not first.ok:
             return None
-        step = await asyncio.to_thread(self.mfa.begin, user, ctx,
+        step = await self.call(self.mfa.begin, user, ctx,
                                        directory_groups=first.groups)
         if step.outcome is not Outcome.PROMPT or step.token is None:
             return step
         if client.mode == "append":
             if second.strip().lower() in ("", "push"):
                 return Step(Outcome.REJECT, MSG_APPEND_PUSH)
-            return await asyncio.to_thread(self.mfa.answer, step.token, second, ctx, user)
+            return await self.call(self.mfa.answer, step.token, second, ctx, user)
         if client.mode == "autopush" and "push" in step.methods:
-            return await asyncio.to_thread(self.mfa.answer, step.token, "push", ctx, user)
+            return await self.call(self.mfa.answer, step.token, "push", ctx, user)
         return step
 
     async def _decision(self, step: Step, ctx: RequestContext, user: str) -> Step:
@@ -130,7 +134,7 @@ class Responder:
         assert token is not None
 
         async def check() -> Step:
-            return await asyncio.to_thread(self.mfa.poll, token, ctx, user)
+            return await self.call(self.mfa.poll, token, ctx, user)
 
         env = self.mfa.env
         return await until_decided(self.waiter, step, check, env.clock(),

@@ -26,6 +26,7 @@ from pyrad import dictionary, packet
 from pam_unified_mfa.core import MFA
 from pam_unified_mfa.errors import ConfigError, UnifiedMFAError
 from pam_unified_mfa.home import require_home
+from pam_unified_mfa.loop_calls import core_calls
 from pam_unified_mfa.service.events import ServiceEvents
 from pam_unified_mfa.service.waiter import Waiter
 from pam_unified_mfa.settings import load_settings, parse_duration, parse_host_port
@@ -146,7 +147,8 @@ async def serve(mfa: MFA, events: ServiceEvents, clients: ClientTable,
     events.attach(loop, lambda _account, _push: None, waiter.wake)
     sweeper = loop.create_task(waiter.sweep_forever(
         lambda since: asyncio.to_thread(mfa.push_changes_since, since), mfa.env.clock))
-    server = RadiusServer(clients, Responder(mfa, waiter, checks),
+    responder = Responder(mfa, waiter, checks, core_calls(mfa.store.is_sqlite))
+    server = RadiusServer(clients, responder,
                           ReplyCache(cache_ttl, time.monotonic), load_dictionary())
     transport, _ = await loop.create_datagram_endpoint(lambda: server, sock=sock)
     try:

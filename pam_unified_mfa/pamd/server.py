@@ -3,7 +3,7 @@
 One asyncio server, one `Session` per connection. Core calls on PostgreSQL or to a central
 service run in worker threads (the store is synchronous SQLAlchemy), so a slow database or
 network holds up no other login; on the embedded SQLite store they run on the loop (see
-`session.inline`). A pending push is polled, never waited on in a thread. Only root and the
+`loop_calls`). A pending push is polled, never waited on in a thread. Only root and the
 daemon's own uid may talk to it (SO_PEERCRED); its socket is 0600 in a 0700 directory, or comes
 from systemd socket activation. One log line per connection says what was decided, never what
 was typed.
@@ -24,16 +24,10 @@ from pathlib import Path
 from pam_unified_mfa.core import MFA
 from pam_unified_mfa.errors import ConfigError
 from pam_unified_mfa.home import require_home
+from pam_unified_mfa.loop_calls import Call, core_calls, in_thread
 from pam_unified_mfa.pamd import protocol as p
 from pam_unified_mfa.pamd.remote import RemoteDialogues
-from pam_unified_mfa.pamd.session import (
-    POLL_INTERVAL,
-    Abandoned,
-    Call,
-    Dialogues,
-    Session,
-    inline,
-)
+from pam_unified_mfa.pamd.session import POLL_INTERVAL, Abandoned, Dialogues, Session
 from pam_unified_mfa.settings import Settings, load_settings, parse_duration
 
 log = logging.getLogger("unified_mfa.pamd")
@@ -114,7 +108,7 @@ def bind_socket(path: Path) -> socket.socket:
 
 async def handle(mfa: Dialogues, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  deadline: float, poll_interval: float = POLL_INTERVAL,
-                 call: Call = asyncio.to_thread) -> None:
+                 call: Call = in_thread) -> None:
     """One connection: check the peer, run the dialogue within the deadline, log the decision."""
     uid = peer_uid(writer.get_extra_info("socket"))
     if not trusted(uid):
@@ -153,7 +147,7 @@ async def _decide(session: Session, deadline: float) -> str:
 
 
 async def serve(mfa: Dialogues, listener: socket.socket, stop: asyncio.Event, deadline: float,
-                poll_interval: float = POLL_INTERVAL, call: Call = asyncio.to_thread) -> None:
+                poll_interval: float = POLL_INTERVAL, call: Call = in_thread) -> None:
     """Accept connections on `listener` until `stop` is set."""
     async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -202,7 +196,7 @@ def run(home: Path, store: str | None, socket_path: Path) -> int:
             created = socket_path.lstat()
         try:
             where = "the activated socket" if created is None else str(socket_path)
-            call = inline if local is not None and local.store.is_sqlite else asyncio.to_thread
+            call = core_calls(local is not None and local.store.is_sqlite)
             asyncio.run(_main(mfa, settings, listener, where, call))
         finally:
             listener.close()

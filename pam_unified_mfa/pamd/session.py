@@ -10,14 +10,15 @@ see while waiting is part of a prompt.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Protocol
 
 from pam_unified_mfa.core import Outcome, Step
 from pam_unified_mfa.core.context import RequestContext
 from pam_unified_mfa.enrollment_uri import render
+from pam_unified_mfa.loop_calls import Call, in_thread
 from pam_unified_mfa.pamd import protocol as p
 
 POLL_INTERVAL = 0.25
@@ -36,20 +37,6 @@ class Dialogues(Protocol):
     def answer(self, token: str, reply: str, ctx: RequestContext, /) -> Step: ...
 
     def poll(self, token: str, ctx: RequestContext, /) -> Step: ...
-
-
-Call = Callable[..., Awaitable[Step]]
-"""How a core call is made: in a worker thread (`asyncio.to_thread`) or on the loop (`inline`)."""
-
-
-async def inline(function: Callable[..., Step], *args: Any) -> Step:
-    """Run a core call on the event loop itself.
-
-    For the embedded SQLite store only: its calls take a millisecond or two, and writers take
-    turns anyway (one SQLite writer at a time), so a worker thread buys no concurrency there and
-    its two hand-offs per call cost a third of a login's time in the daemon.
-    """
-    return function(*args)
 
 
 class Abandoned(Exception):
@@ -135,7 +122,7 @@ class Session:
     """Drives one connection; `run` returns the decision sent, or raises."""
 
     def __init__(self, mfa: Dialogues, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 poll_interval: float = POLL_INTERVAL, call: Call = asyncio.to_thread) -> None:
+                 poll_interval: float = POLL_INTERVAL, call: Call = in_thread) -> None:
         self.mfa = mfa
         self.call = call
         self.reader = reader
