@@ -9,15 +9,14 @@ enrollment URI, which carries the TOTP secret, only inside the QR image).
 
 from __future__ import annotations
 
-import base64
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from pam_unified_mfa.core import Outcome, Step
-from pam_unified_mfa.enrollment_uri import render
+from pam_unified_mfa.enrollment_uri import PNG_DATA_URI, png_data_uri
 
-PNG_DATA_URI = "data:image/png;base64,"
+__all__ = ["PNG_DATA_URI", "KeycloakForm", "form_of", "message_of", "qr_data_uri"]
 
 
 class KeycloakForm(BaseModel):
@@ -36,11 +35,8 @@ class KeycloakForm(BaseModel):
 
 
 def qr_data_uri(uri: str) -> str:
-    """The enrollment QR as an inline PNG: the form shows it without a second request, and the
-    URI (with the secret) never becomes a link or an address that a proxy could log. The
-    project's renderer draws each module as a block of pixels, which phone cameras and zbarimg
-    read even from a screenshot."""
-    return PNG_DATA_URI + base64.b64encode(render(uri, "png")).decode("ascii")
+    """The enrollment QR as an inline PNG (the same as the portals show)."""
+    return png_data_uri(uri)
 
 
 def message_of(step: Step) -> str:

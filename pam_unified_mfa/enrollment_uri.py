@@ -16,6 +16,7 @@ key and the enrollment token.
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 import unicodedata
@@ -290,3 +291,13 @@ def render(uri: str, fmt: str) -> bytes:
     else:
         qr.save(out, kind="svg", scale=6, border=4)
     return out.getvalue()
+
+
+PNG_DATA_URI = "data:image/png;base64,"
+
+
+def png_data_uri(uri: str) -> str:
+    """The enrollment QR as an inline PNG for a web page: shown without a second request, so
+    the URI (with its secret) never becomes an address that a proxy or a log could keep. Each
+    module is a block of pixels, which phone cameras and zbarimg read even from a screenshot."""
+    return PNG_DATA_URI + base64.b64encode(render(uri, "png")).decode("ascii")

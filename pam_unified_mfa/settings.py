@@ -214,6 +214,43 @@ class RadiusSettings:
             raise ConfigError("[radius.ldap] group_filter must contain {dn} or {user}")
 
 
+PORTAL_FIRST_FACTORS = ("local", "ldap", "pam")
+
+
+@dataclass(frozen=True)
+class PortalSettings:
+    """The user and admin portals of `unified-mfa serve` (docs/portal.md)."""
+
+    enabled: bool = True
+    first_factor: str = "local"
+    """`local` (argon2 hashes set with `user password` / `admin password`), `ldap` or `pam`."""
+    pam_service: str = "unified-mfa-portal"
+    session_idle: str = "15m"
+    session_absolute: str = "8h"
+    reauth_window: str = "5m"
+    """How long after the last password + MFA a sensitive action goes through without both."""
+    ldap: LdapSettings = field(default_factory=LdapSettings)
+
+    def check(self) -> None:
+        if self.first_factor not in PORTAL_FIRST_FACTORS:
+            raise ConfigError("[portal] first_factor must be one of "
+                              f"{', '.join(PORTAL_FIRST_FACTORS)}")
+        idle, absolute, reauth = (parse_duration(self.session_idle),
+                                  parse_duration(self.session_absolute),
+                                  parse_duration(self.reauth_window))
+        if not 0 < idle <= absolute:
+            raise ConfigError("[portal] session_idle must be more than 0 and at most "
+                              "session_absolute")
+        if not 0 < reauth <= absolute:
+            raise ConfigError("[portal] reauth_window must be more than 0 and at most "
+                              "session_absolute")
+        parse_duration(self.ldap.timeout)
+        if self.ldap.url and "{user}" not in self.ldap.user_dn:
+            raise ConfigError("[portal.ldap] user_dn must contain {user}")
+        if self.first_factor == "ldap" and not self.ldap.url:
+            raise ConfigError("[portal] first_factor = ldap needs [portal.ldap] url and user_dn")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything `unified-mfa.toml` may say; defaults are the safe choice."""
@@ -231,6 +268,7 @@ class Settings:
     service: ServiceSettings = field(default_factory=ServiceSettings)
     pamd: PamdSettings = field(default_factory=PamdSettings)
     radius: RadiusSettings = field(default_factory=RadiusSettings)
+    portal: PortalSettings = field(default_factory=PortalSettings)
 
     def __post_init__(self) -> None:
         if self.fail_mode not in ("secure", "safe"):
@@ -267,6 +305,7 @@ class Settings:
         if parse_duration(self.pamd.timeout) <= 0:
             raise ConfigError("[pamd] timeout must be more than 0")
         self.radius.check()
+        self.portal.check()
         if not 8 <= self.bypass.length <= 20:
             raise ConfigError("[bypass] length must be between 8 and 20 digits")
         # Every text setting of these sections is a duration: check them all once, at load.

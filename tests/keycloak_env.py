@@ -11,8 +11,8 @@ the augmented copy is kept in the cache under the JAR's hash and reused while th
 unchanged.
 
 `KeycloakAdmin` is a small client of the Admin REST API: realms, clients, users, groups,
-flows with our step, brute-force status and events. `chromium()` launches Debian's
-chromium through Playwright (its own browser download is not used).
+flows with our step, brute-force status and events. `chromium()` (from tests/browser.py)
+launches Debian's chromium through Playwright (its own browser download is not used).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from typing import Any
 
 import pytest
 import requests
-from playwright.sync_api import Browser, sync_playwright
 
 from tests.helpers import free_port, require_tool
 
@@ -51,12 +50,6 @@ ADMIN_USER = "admin"
 ADMIN_PASSWORD = secrets.token_urlsafe(16)
 START_TIMEOUT = 300.0
 
-# Headless Chromium as root on a machine without a network: no sandbox (root), no GPU, and
-# none of the background connections that fail and slow the start down.
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 
 
 # -- the distribution ---------------------------------------------------------------------
@@ -330,16 +323,18 @@ class KeycloakAdmin:
         self.call("PUT", f"/{realm}/authentication/flows/{quoted}/executions", expect=204,
                   json={**execution, "requirement": requirement})
 
-    def add_step(self, realm: str, top_flow: str, subflow: str, provider: str, alias: str,
-                 config: dict[str, str]) -> None:
-        """Append `provider` to `subflow` of `top_flow` as REQUIRED, configured with `config`."""
+    def add_step(self, realm: str, top_flow: str, subflow: str, provider: str,
+                 alias: str | None = None, config: dict[str, str] | None = None) -> None:
+        """Append `provider` to `subflow` of `top_flow` as REQUIRED, configured with `config`
+        under `alias` when given (a built-in step such as Keycloak's OTP needs none)."""
         quoted = urllib.parse.quote(subflow, safe="")
         self.call("POST", f"/{realm}/authentication/flows/{quoted}/executions/execution",
                   expect=201, json={"provider": provider})
         [step] = [e for e in self.executions(realm, top_flow) if e.get("providerId") == provider]
         self.set_requirement(realm, top_flow, step, "REQUIRED")
-        self.call("POST", f"/{realm}/authentication/executions/{step['id']}/config",
-                  expect=201, json={"alias": alias, "config": config})
+        if config is not None:
+            self.call("POST", f"/{realm}/authentication/executions/{step['id']}/config",
+                      expect=201, json={"alias": alias or provider, "config": config})
 
     def disable_conditional_subflows(self, realm: str, flow: str) -> None:
         """Turn off the built-in conditional OTP/2FA subflows of a copied flow."""
@@ -400,17 +395,3 @@ def relying_party() -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(10)
-
-
-@contextmanager
-def chromium() -> Iterator[Browser]:
-    """Debian's headless chromium driven by Playwright; a fresh profile per launch."""
-    executable = require_tool("chromium", "chromium")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, headless=True,
-                                             args=CHROMIUM_ARGS, chromium_sandbox=False)
-        try:
-            yield browser
-        finally:
-            browser.close()
-

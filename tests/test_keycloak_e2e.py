@@ -48,11 +48,11 @@ from cryptography.hazmat.primitives.serialization import (
 from playwright.sync_api import Browser, Page
 from playwright.sync_api import Error as PlaywrightError
 
+from tests.browser import chromium
 from tests.helpers import free_port, require_tool
 from tests.keycloak_env import (
     Keycloak,
     build_provider_jar,
-    chromium,
     relying_party,
     running_keycloak,
 )

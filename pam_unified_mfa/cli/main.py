@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import getpass
 import json
 import logging
 import sys
@@ -68,6 +69,18 @@ def _confirm_on_terminal(question: str, answer: str) -> bool:
         raise CommandError("confirmation needed: rerun with --yes (no terminal to ask on)")
     reply = input(f"{question} Type '{answer}' to confirm: ")
     return reply.strip() == answer
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    """From stdin with --stdin (one line, for scripts), else typed twice on the terminal."""
+    if args.stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise CommandError("no terminal to ask on: pipe the password with --stdin")
+    first = getpass.getpass("New portal password: ")
+    if getpass.getpass("Again: ") != first:
+        raise CommandError("the two passwords differ: nothing changed")
+    return first
 
 
 # -- rendering -------------------------------------------------------------------------------
@@ -169,6 +182,10 @@ def cmd_user(args: argparse.Namespace) -> int:
             mfa.join_group(args.name, args.group)
             _emit(args, {"user": args.name, "group": args.group},
                   f"{args.name} joined {args.group}")
+        elif args.user_cmd == "password":
+            mfa.set_password("user", args.name, _read_password(args))
+            _emit(args, {"user": args.name, "password": "set"},
+                  f"{args.name}: portal password set")
     finally:
         mfa.close()
     return 0
@@ -206,6 +223,10 @@ def cmd_admin(args: argparse.Namespace) -> int:
             _write_enrollment(args, mfa.enroll(args.name, args.kind, admin=True))
         elif args.admin_cmd == "reset":
             _reset(args, mfa, args.name, admin=True)
+        elif args.admin_cmd == "password":
+            mfa.set_password("admin", args.name, _read_password(args))
+            _emit(args, {"admin": args.name, "password": "set"},
+                  f"admin {args.name}: portal password set")
         elif args.admin_cmd == "token":
             ttl = parse_duration(args.ttl) if args.ttl else None
             token = mfa.issue_admin_token(args.name, ttl)
@@ -491,6 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("join", cmd_user, "add a user to a group", users)
     p.add_argument("name")
     p.add_argument("group")
+    p = add("password", cmd_user, "set the user's local portal password ([portal] "
+            "first_factor = local)", users)
+    p.add_argument("name")
+    p.add_argument("--stdin", action="store_true", help="read it from one line of stdin")
 
     group = add("group", cmd_group, "groups")
     groups = group.add_subparsers(dest="group_cmd", required=True)
@@ -514,6 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("reset", cmd_admin, "reset the TOTP of an admin not linked to a user", admins)
     p.add_argument("name")
     reset_options(p)
+    p = add("password", cmd_admin, "set the admin's local portal password ([portal] "
+            "first_factor = local)", admins)
+    p.add_argument("name")
+    p.add_argument("--stdin", action="store_true", help="read it from one line of stdin")
     p = add("token", cmd_admin, "issue an admin API token (shown once)", admins)
     p.add_argument("name")
     p.add_argument("--ttl", metavar="DURATION", help="lifetime (default from settings: 30d)")
@@ -574,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--code", metavar="CODE")
     p.add_argument("--push", action="store_true", help="send a push and wait for the decision")
 
-    p = add("serve", cmd_serve, "the HTTP service (device, auth and admin APIs)")
+    p = add("serve", cmd_serve, "the HTTP service (device, auth and admin APIs, the portals)")
     p.add_argument("--listen", metavar="HOST:PORT")
 
     p = add("radius", cmd_radius, "the RADIUS responder for VPN gateways")

@@ -56,6 +56,18 @@ def find_account(session: Session, name: str, kind: str = "user") -> Account | N
     return session.scalars(_BY_NAME, {"kind": kind, "name": name}).one_or_none()
 
 
+_ADMIN_BY_NAME = select(Admin).where(Admin.name == bindparam("name"))
+
+
+def login_account(session: Session, name: str, kind: str = "user") -> Account | None:
+    """The account a login as `name` authenticates: a user's own; for an admin console the
+    admin's own TOTP-only account, or the linked user's account for a linked admin (R14)."""
+    if kind != "admin":
+        return find_account(session, name, kind)
+    admin = session.scalars(_ADMIN_BY_NAME, {"name": name}).one_or_none()
+    return session.get(Account, admin.account_id) if admin is not None else None
+
+
 def get_user(session: Session, name: str) -> Account:
     account = find_account(session, name)
     if account is None:

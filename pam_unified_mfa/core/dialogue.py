@@ -17,7 +17,7 @@ from sqlalchemy import Row, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from pam_unified_mfa.core import audit, push
-from pam_unified_mfa.core.accounts import effective_enforcement, find_account, new_id
+from pam_unified_mfa.core.accounts import effective_enforcement, login_account, new_id
 from pam_unified_mfa.core.context import RequestContext
 from pam_unified_mfa.core.env import Env
 from pam_unified_mfa.core.factors import (
@@ -168,9 +168,11 @@ def begin(session: Session, env: Env, username: str, ctx: RequestContext,
     count like stored groups for enforcement, for accounts the store knows only. An unknown
     name gets the decoy even in an exempt directory group: directories mostly match names
     without case, the store exactly, so `ALICE` must not escape alice's own `required`.
+    `kind="admin"` names an admin: a linked admin authenticates with the linked user's
+    factors and enforcement, any other with their own TOTP-only account (R14).
     """
     now = env.clock()
-    account = find_account(session, username, kind)
+    account = login_account(session, username, kind)
     if account is None:
         # Indistinguishable from a user with both methods: every answer will be refused (S06).
         token = _new_dialogue(session, env, username, None, ctx, "ask")

@@ -225,9 +225,7 @@ def enroll(
     now = env.clock()
     policy = get_policy(session, now)
     kind = _resolve_kind(policy, account, requested)
-    active_kinds = {f.kind for f in working_factors(session, account, now)
-                    if kind != "unified" or f.unified}
-    if set(_components(kind)) <= active_kinds:
+    if _already_active(session, account, kind, now):
         raise PolicyViolation(
             f"{account.name} already has an active {kind} enrollment: use reset to replace it"
         )
@@ -235,6 +233,28 @@ def enroll(
     audit.record(session, now, actor=actor, action="factor.enroll", subject=account.name,
                  outcome="pending", ctx=ctx, detail={"kind": kind})
     return result
+
+
+def _already_active(session: Session, account: Account, kind: str, now: float) -> bool:
+    active_kinds = {f.kind for f in working_factors(session, account, now)
+                    if kind != "unified" or f.unified}
+    return set(_components(kind)) <= active_kinds
+
+
+def enroll_options(session: Session, env: Env, account: Account) -> tuple[str, ...]:
+    """The enrollment kinds `enroll` would accept for this account now (R05, R08, R14): what a
+    portal may offer, decided here so that it never offers what the core would refuse."""
+    now = env.clock()
+    policy = get_policy(session, now)
+    options: list[str] = []
+    for kind in ENROLL_KINDS:
+        try:
+            resolved = _resolve_kind(policy, account, kind)
+        except PolicyViolation:
+            continue
+        if resolved == kind and not _already_active(session, account, kind, now):
+            options.append(kind)
+    return tuple(options)
 
 
 def confirm(session: Session, env: Env, factor: Factor, ctx: RequestContext) -> None:

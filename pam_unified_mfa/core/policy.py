@@ -98,6 +98,16 @@ def _require(session: Session, admin_name: str, action: str) -> Admin:
     return admin
 
 
+def allowed(session: Session, admin_name: str, action: str) -> bool:
+    """Whether the admin holds what `action` needs (R02): for a portal to show a button
+    enabled or not; the change itself checks again."""
+    try:
+        _require(session, admin_name, action)
+    except PermissionDenied:
+        return False
+    return True
+
+
 def _user_counts(session: Session, env: Env) -> dict[str, int]:
     now = env.clock()
     counts = {"users": 0, "push_to_migrate": 0, "third_party_totp": 0, "protect_totp_only": 0,

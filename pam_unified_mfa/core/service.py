@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pam_unified_mfa.core import accounts, audit, credentials, dialogue, factors, push
+from pam_unified_mfa.core import accounts, audit, credentials, dialogue, factors, passwords, push
 from pam_unified_mfa.core import policy as org_policy
 from pam_unified_mfa.core.context import CLI, RequestContext
 from pam_unified_mfa.core.dialogue import MSG_UNAVAILABLE, Outcome, Step
@@ -51,9 +51,11 @@ class UserView:
 class MFA:
     """The one core. Construct with `MFA.open(home)`; close with `close()`."""
 
-    def __init__(self, env: Env, store: Store) -> None:
+    def __init__(self, env: Env, store: Store, home: Path | None = None) -> None:
         self.env = env
         self.store = store
+        self.home = home
+        """The home it was opened from: relative paths in the settings are inside it."""
 
     @classmethod
     def open(
@@ -65,7 +67,7 @@ class MFA:
         settings = load_settings(home)
         keyring = Keyring.load(home / KEY_FILE)
         env = Env(settings, keyring, clock, events or NoEvents())
-        instance = cls(env, Store(store_url(home, settings, store)))
+        instance = cls(env, Store(store_url(home, settings, store)), home)
         if migrate:
             instance.store.migrate()
         return instance
@@ -196,6 +198,24 @@ class MFA:
         with self._tx() as s:
             return [accounts.view_admin(s, a) for a in accounts.list_admins(s)]
 
+    def show_admin(self, name: str) -> accounts.AdminView:
+        with self._tx() as s:
+            return accounts.view_admin(s, accounts.find_admin(s, name))
+
+    # -- local passwords (the portals' first factor on sites without a directory) -------------
+
+    def set_password(self, kind: str, name: str, password: str, actor: str = "cli",
+                     ctx: RequestContext = CLI) -> None:
+        """`kind` "user" or "admin"; stored as an argon2 hash, audited without the text."""
+        with self._tx() as s:
+            passwords.set_password(s, self.env, kind, name, password, ctx, actor)
+
+    def check_password(self, kind: str, name: str, password: str, ctx: RequestContext) -> bool:
+        """The same answer and cost for an unknown name and a wrong password (S06); a wrong
+        password of a known account counts toward its throttle (S02)."""
+        with self._tx() as s:
+            return passwords.check_password(s, self.env, kind, name, password, ctx)
+
     # -- factors --------------------------------------------------------------------------------
 
     def _account(self, s: Session, name: str, admin: bool) -> Account:
@@ -207,6 +227,19 @@ class MFA:
                actor: str = "cli", ctx: RequestContext = CLI) -> factors.EnrollResult:
         with self._tx() as s:
             return factors.enroll(s, self.env, self._account(s, name, admin), kind, ctx, actor)
+
+    def enroll_options(self, name: str, *, admin: bool = False) -> tuple[str, ...]:
+        """The kinds `enroll` accepts for this account now: what a portal may offer."""
+        with self._tx() as s:
+            return factors.enroll_options(s, self.env, self._account(s, name, admin))
+
+    def confirm_enrollment(self, name: str, code: str, *, admin: bool = False,
+                           ctx: RequestContext = CLI) -> bool:
+        """Prove a pending enrollment with its first code, outside a login (R12's swap takes
+        effect here). Only pending factors are tried; a wrong code counts (S01, S02)."""
+        with self._tx() as s:
+            account = self._account(s, name, admin)
+            return check_code(s, self.env, account, code, ctx, pending=True).accepted
 
     def delete_factor(self, name: str, factor_id: str, *, actor: str = "cli",
                       ctx: RequestContext = CLI) -> list[str]:
@@ -322,6 +355,11 @@ class MFA:
     def policy(self) -> org_policy.PolicyView:
         with self._tx() as s:
             return org_policy.show(s, self.env)
+
+    def admin_may(self, admin_name: str, action: str) -> bool:
+        """Whether the admin holds the role `action` needs (R02); `preview` checks again."""
+        with self._tx() as s:
+            return org_policy.allowed(s, admin_name, action)
 
     def preview(self, admin_name: str, action: str, argument: str = "",
                 ctx: RequestContext = CLI) -> org_policy.Preview:

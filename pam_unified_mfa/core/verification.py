@@ -104,8 +104,12 @@ def _claim_bypass(session: Session, env: Env, factor: Factor, code: str, now: fl
 
 def record_failure(
     session: Session, env: Env, account: Account, ctx: RequestContext, reason: str,
+    action: str = "mfa.code",
 ) -> None:
-    """Count a failure atomically; at the limit, lock with doubling back-off (S02)."""
+    """Count a failure atomically; at the limit, lock with doubling back-off (S02).
+
+    `action` names what failed in the audit trail (a code, or a portal's local password).
+    """
     now = env.clock()
     settings = env.settings.throttle
     failures, lock_count = session.execute(
@@ -114,7 +118,7 @@ def record_failure(
         .returning(Account.failures, Account.lock_count)
         .execution_options(synchronize_session=False)
     ).one()
-    audit.record(session, now, actor=account.name, action="mfa.code", subject=account.name,
+    audit.record(session, now, actor=account.name, action=action, subject=account.name,
                  outcome="rejected", ctx=ctx, detail={"reason": reason, "attempts": failures})
     if failures >= settings.max_failures:
         lockout = min(env.seconds(settings.lockout) * 2 ** min(lock_count, 16),
@@ -139,13 +143,14 @@ def record_success(session: Session, account: Account) -> None:
 
 def check_code(
     session: Session, env: Env, account: Account, code: str, ctx: RequestContext,
-    only: tuple[str, ...] | None = None,
+    only: tuple[str, ...] | None = None, pending: bool = False,
 ) -> CodeCheck:
     """Try a code against every usable TOTP factor and bypass code of the account.
 
     A correct code during a lock is refused (S02); a code whose time step was already accepted
     is refused (S01). A first valid code for a pending factor confirms it. `only` restricts
-    the check to active factors of the given kinds (proof of possession for a reset, R07).
+    the check to active factors of the given kinds (proof of possession for a reset, R07);
+    `pending` to factors awaiting their first code (finishing an enrollment).
     """
     now = env.clock()
     if is_locked(account, now):
@@ -154,7 +159,7 @@ def check_code(
                      outcome="rejected", ctx=ctx, detail={"reason": "locked"})
         return CodeCheck(False, "locked")
     code = normalise_code(code)
-    states = ("active",) if only else ("active", "pending")
+    states = ("pending",) if pending else ("active",) if only else ("active", "pending")
     candidates = [f for f in account_factors(session, account, *states)
                   if is_usable(f, now) and (only is None or f.kind in only)]
     outcome: str | None = None

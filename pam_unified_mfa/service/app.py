@@ -1,5 +1,5 @@
-"""The FastAPI application: the three APIs and the Keycloak bridge, `/healthz`, `/metrics`,
-and error mapping.
+"""The FastAPI application: the three APIs, the Keycloak bridge, the user and admin portals,
+`/healthz`, `/metrics`, and error mapping.
 
 `build_app()` is the application without a core (enough for the OpenAPI document);
 `create_app(mfa, events)` binds it to a core and to the events the core reports after commit.
@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from keycloak_bridge import api as keycloak_api
-from pam_unified_mfa import __version__
+from pam_unified_mfa import __version__, portal
 from pam_unified_mfa.core import MFA
 from pam_unified_mfa.service import admin_api, auth_api, device_api, errors, wait_stream
 from pam_unified_mfa.service.events import ServiceEvents
@@ -44,6 +44,7 @@ def build_app(lifespan: Any = None) -> FastAPI:
     app.include_router(wait_stream.router)
     app.include_router(keycloak_api.router)
     app.include_router(admin_api.router)
+    portal.install(app)
     errors.install(app)
 
     @app.get("/healthz", response_model=Health, tags=["service"],

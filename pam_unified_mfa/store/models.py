@@ -241,3 +241,37 @@ class AdminToken(Base):
     admin_id: Mapped[str] = mapped_column(ForeignKey("admins.id", ondelete="CASCADE"))
     created_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float)
+
+
+class LocalPassword(Base):
+    """A portal password of a small site without a directory: an argon2 hash, never the text.
+
+    `kind` is "user" or "admin", `name` the user's or the admin's name.
+    """
+
+    __tablename__ = "local_passwords"
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    hash: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class PortalSession(Base):
+    """A browser's portal session, shared by every node; only the hash of its cookie is kept.
+
+    `stage` is "mfa" while the sign-in dialogue runs (its state sealed in `pending`) and "ok"
+    once password and MFA both succeeded, at `authenticated_at`.
+    """
+
+    __tablename__ = "portal_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    portal: Mapped[str] = mapped_column(String(8))
+    name: Mapped[str] = mapped_column(String(255))
+    stage: Mapped[str] = mapped_column(String(8))
+    step: Mapped[str] = mapped_column(Text, default="")
+    pending: Mapped[str | None] = mapped_column(Text, nullable=True)
+    next_path: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+    authenticated_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
