@@ -79,12 +79,10 @@ async def configurations(request: Request) -> Response:
 @router.post("/policy/preview")
 async def preview(request: Request) -> Response:
     """Step one (R03): the core states what will change and hands out a confirmation."""
-    current = await web.signed_in(request, PORTAL, fresh=True)
-    if isinstance(current, Response):
-        return current
-    valid, form = await web.csrf_ok(request, current)
-    if not valid:
-        return web.refused(request, current)
+    posted = await web.posted(request, PORTAL, fresh=True)
+    if isinstance(posted, Response):
+        return posted
+    current, form = posted
     action = web.field(form, "action", 32)
     argument = web.field(form, "argument", 32)
     try:
@@ -100,12 +98,10 @@ async def preview(request: Request) -> Response:
 @router.post("/policy/confirm")
 async def confirm(request: Request) -> Response:
     """Step two (R03): apply exactly what was previewed, with its confirmation."""
-    current = await web.signed_in(request, PORTAL, fresh=True)
-    if isinstance(current, Response):
-        return current
-    valid, form = await web.csrf_ok(request, current)
-    if not valid:
-        return web.refused(request, current)
+    posted = await web.posted(request, PORTAL, fresh=True)
+    if isinstance(posted, Response):
+        return posted
+    current, form = posted
     if web.field(form, "decision", 16) != "confirm":
         return web.redirect(request, current, PORTAL.path("?notice=cancelled"))
     action = web.field(form, "action", 32)
@@ -142,12 +138,10 @@ async def user(request: Request, name: str) -> Response:
 @router.post("/users/{name}/reset")
 async def reset(request: Request, name: str) -> Response:
     """An admin reset (R07, R12): retired now, the user enrolls at their next sign-in."""
-    current = await web.signed_in(request, PORTAL, fresh=True)
-    if isinstance(current, Response):
-        return current
-    valid, form = await web.csrf_ok(request, current)
-    if not valid:
-        return web.refused(request, current)
+    posted = await web.posted(request, PORTAL, fresh=True)
+    if isinstance(posted, Response):
+        return posted
+    current, form = posted
     factor = web.field(form, "factor", 64) or None
     try:
         await run_in_threadpool(lambda: current.mfa.reset_by_admin(
@@ -161,12 +155,10 @@ async def reset(request: Request, name: str) -> Response:
 @router.post("/users/{name}/bypass")
 async def bypass(request: Request, name: str) -> Response:
     """Single-use bypass codes, shown once on this response and never again."""
-    current = await web.signed_in(request, PORTAL, fresh=True)
-    if isinstance(current, Response):
-        return current
-    valid, form = await web.csrf_ok(request, current)
-    if not valid:
-        return web.refused(request, current)
+    posted = await web.posted(request, PORTAL, fresh=True)
+    if isinstance(posted, Response):
+        return posted
+    current, form = posted
     count = web.field(form, "count", 4)
     try:
         codes = await run_in_threadpool(lambda: current.mfa.issue_bypass(

@@ -72,12 +72,10 @@ async def security(request: Request) -> Response:
 @router.post("/enroll")
 async def enroll(request: Request) -> Response:
     """Start an enrollment the core offers; the QR is shown once, in this response."""
-    current = await web.signed_in(request, PORTAL, fresh=True)
-    if isinstance(current, Response):
-        return current
-    valid, form = await web.csrf_ok(request, current)
-    if not valid:
-        return web.refused(request, current)
+    posted = await web.posted(request, PORTAL, fresh=True)
+    if isinstance(posted, Response):
+        return posted
+    current, form = posted
     kind = web.field(form, "kind", 32) or None
     try:
         result = await run_in_threadpool(lambda: current.mfa.enroll(
@@ -92,12 +90,10 @@ async def enroll(request: Request) -> Response:
 async def confirm(request: Request) -> Response:
     """Finish a pending enrollment with the first code the app shows (R12: a reset's swap
     happens here)."""
-    current = await web.signed_in(request, PORTAL)
-    if isinstance(current, Response):
-        return current
-    valid, form = await web.csrf_ok(request, current)
-    if not valid:
-        return web.refused(request, current)
+    posted = await web.posted(request, PORTAL)
+    if isinstance(posted, Response):
+        return posted
+    current, form = posted
     code = web.field(form, "code", 64).strip()
     accepted = bool(code) and await run_in_threadpool(lambda: current.mfa.confirm_enrollment(
         current.name, code, ctx=current.context()))
@@ -121,12 +117,10 @@ async def reset_form(request: Request) -> Response:
 async def reset(request: Request) -> Response:
     """The user's own reset: a current Protect code proves possession (R07); the new QR is
     shown once, and the old factors work until its first code (R12)."""
-    current = await web.signed_in(request, PORTAL)
-    if isinstance(current, Response):
-        return current
-    valid, form = await web.csrf_ok(request, current)
-    if not valid:
-        return web.refused(request, current)
+    posted = await web.posted(request, PORTAL)
+    if isinstance(posted, Response):
+        return posted
+    current, form = posted
     code = web.field(form, "code", 64).strip()
     factor = web.field(form, "factor", 64) or None
     try:
@@ -150,12 +144,10 @@ async def delete_form(request: Request, factor_id: str) -> Response:
 @router.post("/factors/{factor_id}/delete")
 async def delete(request: Request, factor_id: str) -> Response:
     """Refused by the core when it is the last working factor (R12): the page shows why."""
-    current = await web.signed_in(request, PORTAL, fresh=True)
-    if isinstance(current, Response):
-        return current
-    valid, _ = await web.csrf_ok(request, current)
-    if not valid:
-        return web.refused(request, current)
+    posted = await web.posted(request, PORTAL, fresh=True)
+    if isinstance(posted, Response):
+        return posted
+    current, _ = posted
     try:
         await run_in_threadpool(lambda: current.mfa.delete_factor(
             current.name, factor_id[:64], actor=current.name, ctx=current.context()))

@@ -143,6 +143,19 @@ async def csrf_ok(request: Request, current: Visit) -> tuple[bool, Mapping[str, 
     return valid, form
 
 
+async def posted(request: Request, portal: Portal, *,
+                 fresh: bool = False) -> tuple[Visit, Mapping[str, Any]] | Response:
+    """A form posted from a signed-in session with its CSRF token: the visit and the form, or
+    the response that ends the request (sign in again, or refused)."""
+    current = await signed_in(request, portal, fresh=fresh)
+    if isinstance(current, Response):
+        return current
+    valid, form = await csrf_ok(request, current)
+    if not valid:
+        return refused(request, current)
+    return current, form
+
+
 def field(form: Mapping[str, Any], name: str, limit: int = 1024) -> str:
     value = form.get(name)
     return value[:limit] if isinstance(value, str) else ""

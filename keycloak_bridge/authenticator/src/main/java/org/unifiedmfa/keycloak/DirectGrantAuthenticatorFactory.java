@@ -1,81 +1,12 @@
 package org.unifiedmfa.keycloak;
 
-import java.util.List;
-
-import org.keycloak.Config;
-import org.keycloak.authentication.Authenticator;
-import org.keycloak.authentication.AuthenticatorFactory;
-import org.keycloak.models.AuthenticationExecutionModel.Requirement;
-import org.keycloak.models.KeycloakSession;
-import org.keycloak.models.KeycloakSessionFactory;
-import org.keycloak.provider.ProviderConfigProperty;
-
 /** Registers the direct-grant step as "unified-mfa-direct-grant" (code in the otp parameter). */
-public final class DirectGrantAuthenticatorFactory implements AuthenticatorFactory {
+public final class DirectGrantAuthenticatorFactory extends StepFactory {
     public static final String ID = "unified-mfa-direct-grant";
-    private static final Authenticator SINGLETON = new DirectGrantAuthenticator();
-    private static final Requirement[] CHOICES = {
-        Requirement.REQUIRED, Requirement.ALTERNATIVE, Requirement.DISABLED,
-    };
 
-    @Override
-    public String getId() {
-        return ID;
-    }
-
-    @Override
-    public Authenticator create(KeycloakSession session) {
-        return SINGLETON;
-    }
-
-    @Override
-    public String getDisplayType() {
-        return "Unified MFA direct grant (otp parameter)";
-    }
-
-    @Override
-    public String getHelpText() {
-        return "Second factor from Unified MFA for the password grant: a code in the otp (or totp) "
-                + "parameter of the token request.";
-    }
-
-    @Override
-    public String getReferenceCategory() {
-        return null;
-    }
-
-    @Override
-    public boolean isConfigurable() {
-        return true;
-    }
-
-    @Override
-    public Requirement[] getRequirementChoices() {
-        return CHOICES.clone();
-    }
-
-    @Override
-    public boolean isUserSetupAllowed() {
-        return false;
-    }
-
-    @Override
-    public List<ProviderConfigProperty> getConfigProperties() {
-        return ConfigProperties.all();
-    }
-
-    @Override
-    public void init(Config.Scope config) {
-        // No server-wide settings: each step is configured in its flow.
-    }
-
-    @Override
-    public void postInit(KeycloakSessionFactory factory) {
-        // Nothing to look up.
-    }
-
-    @Override
-    public void close() {
-        // Nothing to release.
+    public DirectGrantAuthenticatorFactory() {
+        super(ID, new DirectGrantAuthenticator(), "Unified MFA direct grant (otp parameter)",
+                "Second factor from Unified MFA for the password grant: a code in the otp (or "
+                        + "totp) parameter of the token request.");
     }
 }
