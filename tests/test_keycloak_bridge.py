@@ -42,6 +42,7 @@ from pam_unified_mfa.service.app import create_app
 from pam_unified_mfa.service.events import ServiceEvents
 from pam_unified_mfa.service.waiter import Waiter
 from pam_unified_mfa.settings import SETTINGS_FILE
+from tests import test_service
 from tests.helpers import code_for, enroll_confirmed, require_tool, wrong_code
 from tests.test_service import (
     TIMEOUT,
@@ -100,17 +101,7 @@ class KeycloakKey:
         return form
 
 
-@pytest.fixture
-def svc(home: Path, store_url: str) -> Iterator[Service]:
-    clock = ShiftedClock()
-    events = ServiceEvents()
-    mfa = MFA.open(home, store=store_url, clock=clock, events=events)
-    app = create_app(mfa, events)
-    try:
-        with serving(app) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as http:
-            yield Service(mfa, http, clock, app.state.runtime.waiter)
-    finally:
-        mfa.close()
+svc = test_service.svc  # the running service, as the auth API's tests have it
 
 
 @pytest.fixture
