@@ -172,6 +172,9 @@ class RadiusClientSettings:
     first_factor: str = ""  # empty: [radius] first_factor
 
 
+SHARED_REPLIES = ("auto", "on", "off")  # auto: on when the store is PostgreSQL
+
+
 @dataclass(frozen=True)
 class RadiusSettings:
     """`unified-mfa radius` (docs/radius.md)."""
@@ -181,6 +184,7 @@ class RadiusSettings:
     pam_service: str = "unified-mfa-radius"
     receive_buffer: int = 8 * 1024 * 1024
     reply_cache: str = "30s"
+    shared_replies: str = "auto"
     ldap: LdapSettings = field(default_factory=LdapSettings)
     clients: tuple[RadiusClientSettings, ...] = field(
         default=(), metadata={"items": RadiusClientSettings})
@@ -202,6 +206,8 @@ class RadiusSettings:
                                   f"{', '.join(FIRST_FACTORS)}")
         if self.first_factor and self.first_factor not in FIRST_FACTORS:
             raise ConfigError(f"[radius] first_factor must be one of {', '.join(FIRST_FACTORS)}")
+        if self.shared_replies not in SHARED_REPLIES:
+            raise ConfigError(f"[radius] shared_replies must be one of {', '.join(SHARED_REPLIES)}")
         if self.receive_buffer < 65536:
             raise ConfigError("[radius] receive_buffer must be at least 65536 bytes")
         parse_duration(self.reply_cache)

@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from importlib import resources
 from pathlib import Path
 from typing import cast
@@ -26,7 +27,8 @@ from pyrad import dictionary, packet
 from pam_unified_mfa.core import MFA
 from pam_unified_mfa.errors import ConfigError, UnifiedMFAError
 from pam_unified_mfa.home import require_home
-from pam_unified_mfa.loop_calls import core_calls
+from pam_unified_mfa.loop_calls import Call, core_calls
+from pam_unified_mfa.service.changes import follow_changes
 from pam_unified_mfa.service.events import ServiceEvents
 from pam_unified_mfa.service.waiter import Waiter
 from pam_unified_mfa.settings import load_settings, parse_duration, parse_host_port
@@ -34,10 +36,12 @@ from radius.clients import Client, ClientTable
 from radius.first_factor import PasswordCheck, password_checks
 from radius.reply_cache import Key, Reply, ReplyCache
 from radius.responder import Responder
+from radius.shared_replies import SharedReplies
 
 log = logging.getLogger("unified_mfa.radius")
 
 DROP_LOG_INTERVAL = 60.0
+WORK_MARGIN = 10.0  # seconds a shared claim outlives the longest push wait
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux's; Python's socket lacks it
 
 
@@ -50,10 +54,11 @@ class RadiusServer(asyncio.DatagramProtocol):
     """Decodes and vets datagrams, hands requests to the responder through the reply cache."""
 
     def __init__(self, clients: ClientTable, responder: Responder, cache: ReplyCache,
-                 attributes: dictionary.Dictionary) -> None:
+                 attributes: dictionary.Dictionary, shared: SharedReplies | None = None) -> None:
         self.clients = clients
         self.responder = responder
         self.cache = cache
+        self.shared = shared
         self.attributes = attributes
         self.dropped: Counter[str] = Counter()
         self._drop_logged: dict[str, float] = {}
@@ -98,7 +103,12 @@ class RadiusServer(asyncio.DatagramProtocol):
 
     async def _serve(self, key: Key, client: Client, request: packet.AuthPacket,
                      addr: tuple[str, int]) -> None:
-        reply, _copy = await self.cache.reply(key, lambda: self._work(client, request))
+        def work() -> Awaitable[Reply]:
+            if self.shared is None or request.code != packet.AccessRequest:
+                return self._work(client, request)
+            return self.shared.reply(key, lambda: self._work(client, request))
+
+        reply, _copy = await self.cache.reply(key, work)
         if reply is not None and self.transport is not None:
             self.transport.sendto(reply, addr)
 
@@ -145,11 +155,13 @@ async def serve(mfa: MFA, events: ServiceEvents, clients: ClientTable,
     loop = asyncio.get_running_loop()
     waiter = Waiter()
     events.attach(loop, lambda _account, _push: None, waiter.wake)
-    sweeper = loop.create_task(waiter.sweep_forever(
-        lambda since: asyncio.to_thread(mfa.push_changes_since, since), mfa.env.clock))
-    responder = Responder(mfa, waiter, checks, core_calls(mfa.store.is_sqlite))
-    server = RadiusServer(clients, responder,
-                          ReplyCache(cache_ttl, time.monotonic), load_dictionary())
+    sweeper = loop.create_task(follow_changes(
+        waiter, mfa.store, lambda since: asyncio.to_thread(mfa.push_changes_since, since),
+        mfa.env.clock))
+    call = core_calls(mfa.store.is_sqlite)
+    responder = Responder(mfa, waiter, checks, call)
+    server = RadiusServer(clients, responder, ReplyCache(cache_ttl, time.monotonic),
+                          load_dictionary(), shared_replies(mfa, waiter, call, cache_ttl))
     transport, _ = await loop.create_datagram_endpoint(lambda: server, sock=sock)
     try:
         await stop.wait()
@@ -158,6 +170,17 @@ async def serve(mfa: MFA, events: ServiceEvents, clients: ClientTable,
         events.detach()
         await Waiter.stop(sweeper)
     return server
+
+
+def shared_replies(mfa: MFA, waiter: Waiter, call: Call, ttl: float) -> SharedReplies | None:
+    """The store-wide reply cache, when `[radius] shared_replies` asks for it (auto: on
+    PostgreSQL, where other nodes may get the gateway's resends)."""
+    wanted = mfa.settings.radius.shared_replies
+    if wanted == "off" or (wanted == "auto" and mfa.store.is_sqlite):
+        return None
+    # A request is held at most for a push wait; its claim outlives that by a margin.
+    work_limit = parse_duration(mfa.settings.push.timeout) + WORK_MARGIN
+    return SharedReplies(mfa.store, waiter, call, time.time, ttl, work_limit)
 
 
 def run(home: Path, store: str | None, listen: str | None) -> int:

@@ -21,6 +21,7 @@ import queue
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -111,6 +112,7 @@ class Output:
 class Pamd:
     socket: Path
     log: Output
+    process: subprocess.Popen[str]
 
 
 @pytest.fixture
@@ -133,7 +135,7 @@ def running_pamd(home: Path, store_url: str, path: Path) -> Iterator[Pamd]:
     try:
         log = Output(process)
         assert log.wait_for("pamd: listening on"), log.text
-        yield Pamd(path, log)
+        yield Pamd(path, log, process)
     finally:
         stop_process(process)
 
@@ -287,6 +289,23 @@ def test_python_pam_daemon_down_with_failmode_secure_is_unavailable(
                      options(run_dir / "pamd.sock", "secure")) as name:
         assert pam_authenticate(name, linux_user.name,
                                 by_prompt(linux_user, "123456")) == PAM_AUTHINFO_UNAVAIL
+
+
+@pytest.mark.e2e
+def test_a_login_works_again_once_a_killed_daemon_is_started_again(
+        module_so: Path, home: Path, store_url: str, run_dir: Path, linux_user: LinuxUser,
+        core: MFA, secret: str) -> None:
+    path = run_dir / "run" / "pamd.sock"
+    with pam_service(f"umfa-test-{secrets.token_hex(4)}", module_so, options(path)) as name:
+        with running_pamd(home, store_url, path) as daemon:
+            wrong = by_prompt(linux_user, wrong_code(core, secret))
+            assert pam_authenticate(name, linux_user.name, wrong) == PAM_AUTH_ERR
+            daemon.process.send_signal(signal.SIGKILL)  # dies; its socket file stays behind
+            daemon.process.wait(10)
+            assert pam_authenticate(name, linux_user.name, wrong) == PAM_AUTHINFO_UNAVAIL
+        with running_pamd(home, store_url, path):
+            right = by_prompt(linux_user, now_code(core, secret, 1))
+            assert pam_authenticate(name, linux_user.name, right) == PAM_SUCCESS
 
 
 # -- a push approved or denied from a background thread ----------------------------------------

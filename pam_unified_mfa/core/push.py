@@ -30,6 +30,7 @@ from pam_unified_mfa.core.events import after_commit
 from pam_unified_mfa.core.factors import PROTECT_PUSH, confirm, token_hash
 from pam_unified_mfa.core.verification import record_failure
 from pam_unified_mfa.errors import AuthenticationFailed, UnifiedMFAError
+from pam_unified_mfa.store.changes import announce
 from pam_unified_mfa.store.models import (
     Account,
     DeviceMessage,
@@ -150,6 +151,7 @@ def start(
     session.add(challenge)
     audit.record(session, now, actor=account.name, action="mfa.push", subject=account.name,
                  outcome="sent", ctx=ctx)
+    announce(session, account.id)
     after_commit(session, lambda: env.events.push_created(account.id, challenge.id))
     return challenge
 
@@ -240,6 +242,7 @@ def answer(session: Session, env: Env, signed: str, ctx: RequestContext) -> str 
     audit.record(session, now, actor=account.name, action="mfa.push", subject=account.name,
                  outcome=status, ctx=ctx, detail={"factor": factor.id})
     dialogue_id = challenge.dialogue_id
+    announce(session, dialogue_id)
     after_commit(session, lambda: env.events.push_decided(dialogue_id))
     return status
 

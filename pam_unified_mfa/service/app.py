@@ -21,6 +21,7 @@ from keycloak_bridge import api as keycloak_api
 from pam_unified_mfa import __version__, portal
 from pam_unified_mfa.core import MFA
 from pam_unified_mfa.service import admin_api, auth_api, device_api, errors, wait_stream
+from pam_unified_mfa.service.changes import follow_changes
 from pam_unified_mfa.service.events import ServiceEvents
 from pam_unified_mfa.service.metrics import CONTENT_TYPE, Metrics
 from pam_unified_mfa.service.notifier import Notifier
@@ -114,7 +115,8 @@ def create_app(mfa: MFA, events: ServiceEvents) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await notifier.start()
         events.attach(asyncio.get_running_loop(), push_created, waiter.wake)
-        sweeper = asyncio.create_task(waiter.sweep_forever(changes_since, mfa.env.clock))
+        sweeper = asyncio.create_task(
+            follow_changes(waiter, mfa.store, changes_since, mfa.env.clock))
         try:
             yield
         finally:

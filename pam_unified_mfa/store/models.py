@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     Text,
@@ -274,4 +275,17 @@ class PortalSession(Base):
     created_at: Mapped[float] = mapped_column(Float)
     last_seen: Mapped[float] = mapped_column(Float)
     authenticated_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class RadiusReply(Base):
+    """RADIUS requests being answered or answered lately, shared by every responder process and
+    node: a gateway that resends a request to another node gets the first node's reply, and
+    never a second push (RFC 5080). `key` is a hash of the request's identity, `reply` the
+    encoded reply (None while it is worked, or when it was dropped)."""
+
+    __tablename__ = "radius_replies"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    done: Mapped[bool] = mapped_column(Boolean)
+    reply: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     expires_at: Mapped[float] = mapped_column(Float, index=True)
