@@ -27,6 +27,10 @@ class StoreUnavailable(UnifiedMFAError):
     """The database cannot be reached; adapters map this to their fail mode (S07)."""
 
 
+class BackupError(UnifiedMFAError):
+    """An export file cannot be written or imported (malformed, altered, wrong store or key)."""
+
+
 class NotFound(UnifiedMFAError):
     """A named user, admin, factor or confirmation does not exist."""
 

@@ -28,6 +28,7 @@ from pam_unified_mfa.enrollment_uri import FORMATS, render
 from pam_unified_mfa.errors import UnifiedMFAError
 from pam_unified_mfa.home import init_home, require_home
 from pam_unified_mfa.settings import default_home, parse_duration
+from pam_unified_mfa.store import backup
 
 EXIT_REJECTED = 1
 EXIT_ERROR = 2
@@ -463,6 +464,39 @@ def cmd_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.output is None:
+        if sys.stdout.isatty():
+            raise CommandError("export writes the whole store: add --output FILE or redirect "
+                               "stdout to a file")
+        if args.json:
+            raise CommandError("--json needs --output FILE (without it the export is stdout)")
+    mfa = _open(args)
+    try:
+        if args.output is None:
+            backup.export_store(mfa.store, mfa.env.keyring, sys.stdout.buffer)
+            return 0
+        summary = backup.export_to_file(mfa.store, mfa.env.keyring, Path(args.output))
+    finally:
+        mfa.close()
+    _emit(args, {**summary.as_dict(), "output": args.output},
+          f"exported {summary.rows} rows (schema {summary.schema}, key {summary.key_id}) "
+          f"to {args.output}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    mfa = _open(args)
+    try:
+        summary = backup.import_file(mfa.store, mfa.env.keyring, Path(args.file))
+    finally:
+        mfa.close()
+    _emit(args, {**summary.as_dict(), "input": args.file},
+          f"imported {summary.rows} rows (schema {summary.schema}, exported "
+          f"{summary.created_at}) from {args.file}")
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------------
 
 
@@ -627,6 +661,11 @@ def build_parser() -> argparse.ArgumentParser:
     key = add("key", cmd_key, "encryption keys")
     key_cmds = key.add_subparsers(dest="key_cmd", required=True)
     add("rotate", cmd_key, "new key; re-encrypt every secret", key_cmds)
+
+    p = add("export", cmd_export, "write the whole store to one file (secrets stay encrypted)")
+    p.add_argument("--output", metavar="FILE", help="default: stdout")
+    p = add("import", cmd_import, "load an export into a new, empty store")
+    p.add_argument("file", metavar="FILE")
     return parser
 
 
