@@ -28,7 +28,10 @@ from pam_unified_mfa.loop_calls import Call, core_calls, in_thread
 from pam_unified_mfa.pamd import protocol as p
 from pam_unified_mfa.pamd.remote import RemoteDialogues
 from pam_unified_mfa.pamd.session import POLL_INTERVAL, Abandoned, Dialogues, Session
+from pam_unified_mfa.service.changes import follow_changes
+from pam_unified_mfa.service.waiter import Waiter
 from pam_unified_mfa.settings import Settings, load_settings, parse_duration
+from pam_unified_mfa.store.changes import listen_dsn
 
 log = logging.getLogger("unified_mfa.pamd")
 
@@ -108,14 +111,14 @@ def bind_socket(path: Path) -> socket.socket:
 
 async def handle(mfa: Dialogues, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  deadline: float, poll_interval: float = POLL_INTERVAL,
-                 call: Call = in_thread) -> None:
+                 call: Call = in_thread, waiter: Waiter | None = None) -> None:
     """One connection: check the peer, run the dialogue within the deadline, log the decision."""
     uid = peer_uid(writer.get_extra_info("socket"))
     if not trusted(uid):
         log.warning("pamd: refused a connection from uid %d", uid)
         writer.close()
         return
-    session = Session(mfa, reader, writer, poll_interval, call)
+    session = Session(mfa, reader, writer, poll_interval, call, waiter)
     try:
         decision = await _decide(session, deadline)
         request = session.request
@@ -137,7 +140,7 @@ async def _decide(session: Session, deadline: float) -> str:
             return await session.run()
     except p.ProtocolError as exc:
         return f"closed: protocol error: {exc}"
-    except Abandoned:
+    except (Abandoned, ConnectionError):  # a reset: it hung up with our lines still unread
         return "abandoned: the module closed the connection"
     except TimeoutError:
         return f"abandoned: no verdict within {deadline:g}s"
@@ -147,11 +150,12 @@ async def _decide(session: Session, deadline: float) -> str:
 
 
 async def serve(mfa: Dialogues, listener: socket.socket, stop: asyncio.Event, deadline: float,
-                poll_interval: float = POLL_INTERVAL, call: Call = in_thread) -> None:
+                poll_interval: float = POLL_INTERVAL, call: Call = in_thread,
+                waiter: Waiter | None = None) -> None:
     """Accept connections on `listener` until `stop` is set."""
     async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await handle(mfa, reader, writer, deadline, poll_interval, call)
+            await handle(mfa, reader, writer, deadline, poll_interval, call, waiter)
         except asyncio.CancelledError:  # the daemon is stopping: the module applies its fail mode
             log.info("pamd: a dialogue was cut short by the daemon stopping")
 
@@ -166,13 +170,26 @@ def session_deadline(settings: Settings) -> float:
 
 
 async def _main(mfa: Dialogues, settings: Settings, listener: socket.socket,
-                where: str, call: Call) -> None:
+                where: str, call: Call, local: MFA | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # A local store on PostgreSQL announces push decisions (LISTEN/NOTIFY): a waiting login
+    # is checked when its decision commits on any node. Otherwise it is checked on a timer.
+    waiter: Waiter | None = None
+    listening: asyncio.Task[None] | None = None
+    if local is not None and listen_dsn(local.store) is not None:
+        waiter = Waiter()
+        listening = loop.create_task(follow_changes(
+            waiter, local.store, lambda since: asyncio.to_thread(local.push_changes_since, since),
+            local.env.clock))
     log.info("pamd: listening on %s", where)
-    await serve(mfa, listener, stop, session_deadline(settings), call=call)
+    try:
+        await serve(mfa, listener, stop, session_deadline(settings), call=call, waiter=waiter)
+    finally:
+        if listening is not None:
+            await Waiter.stop(listening)
     log.info("pamd: stopped")
 
 
@@ -197,7 +214,7 @@ def run(home: Path, store: str | None, socket_path: Path) -> int:
         try:
             where = "the activated socket" if created is None else str(socket_path)
             call = core_calls(local is not None and local.store.is_sqlite)
-            asyncio.run(_main(mfa, settings, listener, where, call))
+            asyncio.run(_main(mfa, settings, listener, where, call, local))
         finally:
             listener.close()
             if created is not None:

@@ -10,18 +10,21 @@ see while waiting is part of a prompt.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from pam_unified_mfa.core import Outcome, Step
 from pam_unified_mfa.core.context import RequestContext
 from pam_unified_mfa.enrollment_uri import render
 from pam_unified_mfa.loop_calls import Call, in_thread
 from pam_unified_mfa.pamd import protocol as p
+from pam_unified_mfa.service.waiter import Waiter, wait_limit
 
 POLL_INTERVAL = 0.25
+LONGEST_PAUSE = 30.0  # with announced changes: a check at least this often all the same
 
 PROMPT_CODE = "Passcode: "
 PROMPT_CODE_OR_PUSH = "Passcode, or press Enter for a push: "
@@ -122,12 +125,16 @@ class Session:
     """Drives one connection; `run` returns the decision sent, or raises."""
 
     def __init__(self, mfa: Dialogues, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 poll_interval: float = POLL_INTERVAL, call: Call = in_thread) -> None:
+                 poll_interval: float = POLL_INTERVAL, call: Call = in_thread,
+                 waiter: Waiter | None = None) -> None:
+        """With a `waiter` (a local store on PostgreSQL, whose changes are announced) a push
+        is checked when its decision is announced; without, every `poll_interval` seconds."""
         self.mfa = mfa
         self.call = call
         self.reader = reader
         self.writer = writer
         self.poll_interval = poll_interval
+        self.waiter = waiter
         self.request: Request | None = None
 
     async def _read(self) -> p.Line:
@@ -172,24 +179,38 @@ class Session:
         return line.argument
 
     async def _wait_for_push(self, step: Step, ctx: RequestContext) -> Step:
-        """Poll until the core decides (approved, denied, expired); the core knows the deadline.
+        """Check again until the core decides (approved, denied, expired); the core knows the
+        deadline.
 
         The module sends nothing meanwhile: anything it does send, or its hanging up, ends the
         wait, so a push approved after the user left never turns into an accepted login.
         """
         assert step.token is not None
+        waiter = self.waiter or Waiter()  # without one, nothing wakes it: the pause decides
         hangup = asyncio.ensure_future(self.reader.read(1))
         try:
-            while step.outcome is Outcome.PUSH_PENDING:
-                done, _ = await asyncio.wait({hangup}, timeout=self.poll_interval)
-                if done:
+            while True:
+                token = step.token
+                assert token is not None
+                # Subscribed before the check, so a decision announced during it is not lost.
+                with waiter.subscribe(step.wait_key or token) as woken:
+                    step = await self.call(self.mfa.poll, token, ctx)
+                    if step.outcome is not Outcome.PUSH_PENDING:
+                        return step
+                    either: set[asyncio.Future[Any]] = {hangup, woken}
+                    done, _ = await asyncio.wait(either, timeout=self._pause(step),
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                if hangup in done:
                     if hangup.result():
                         raise p.ProtocolError("data from the module while waiting for a push")
                     raise Abandoned("the module closed the connection during a push")
-                step = await self.call(self.mfa.poll, step.token, ctx)
         finally:
             hangup.cancel()
-        return step
+
+    def _pause(self, step: Step) -> float:
+        if self.waiter is None:
+            return self.poll_interval
+        return wait_limit(step, time.time(), LONGEST_PAUSE)
 
     async def run(self) -> str:
         self.request = request = await self._handshake()

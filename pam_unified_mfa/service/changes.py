@@ -14,8 +14,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import psycopg
-
 from pam_unified_mfa.errors import StoreUnavailable
 from pam_unified_mfa.service.waiter import SWEEP_OVERLAP, Sweep, Waiter
 from pam_unified_mfa.store.changes import listen, listen_dsn
@@ -39,6 +37,8 @@ async def follow_changes(waiter: Waiter, store: Store, changes_since: Sweep,
 
 async def listen_forever(waiter: Waiter, dsn: str, changes_since: Sweep,
                          clock: Callable[[], float]) -> None:
+    import psycopg  # only a node on PostgreSQL listens: pamd on SQLite never loads it
+
     lost_at: float | None = None
     delay = RETRY_FIRST
 
