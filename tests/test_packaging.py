@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from pam_unified_mfa.core import MFA
+from pam_unified_mfa.settings import SETTINGS_FILE, load_settings
 from tests.helpers import LinuxUser, now_code, throwaway_linux_user, wrong_code
 from tests.test_pam_login import (
     options,
@@ -265,6 +266,23 @@ def test_the_radius_samples_are_shipped_as_examples_outside_etc(deb: Path) -> No
                    "openvpn/server.conf", "strongswan/eap-radius.conf"):
         assert listing[f"{examples}/{sample}"] == "-rw-r--r-- root/root", sample
     assert "/usr/share/doc/unified-mfa-pam/radius.md" in listing
+
+
+def test_the_two_node_samples_are_shipped_as_examples(deb: Path) -> None:
+    listing = contents(deb)
+    examples = "/usr/share/doc/unified-mfa-pam/examples/multinode"
+    for sample in ("README.md", "unified-mfa.toml", "haproxy.cfg", "freeradius-proxy.conf",
+                   "setup.sh"):
+        assert listing[f"{examples}/{sample}"] == "-rw-r--r-- root/root", sample
+
+
+def test_the_two_node_settings_sample_is_valid_and_shares_radius_replies(
+        tmp_path: Path) -> None:
+    shutil.copy(ROOT / "packaging" / "multinode" / "unified-mfa.toml",
+                tmp_path / SETTINGS_FILE)
+    settings = load_settings(tmp_path)
+    assert settings.store.startswith("postgresql://")
+    assert settings.radius.shared_replies == "auto"
 
 
 def test_the_units_run_the_unified_mfa_path_given_to_build_deb_and_pass_systemd_verify(

@@ -23,6 +23,8 @@ from pyrad import packet
 
 from pam_unified_mfa.core import MFA
 from pam_unified_mfa.errors import ConfigError
+from pam_unified_mfa.loop_calls import inline
+from pam_unified_mfa.service.waiter import Waiter
 from pam_unified_mfa.settings import (
     SETTINGS_FILE,
     RadiusClientSettings,
@@ -31,7 +33,7 @@ from pam_unified_mfa.settings import (
 )
 from radius.clients import ClientTable
 from radius.responder import split_append
-from radius.server import load_dictionary
+from radius.server import load_dictionary, shared_replies
 from tests.helpers import (
     Device,
     LinuxUser,
@@ -429,3 +431,13 @@ def test_an_unknown_key_in_a_client_table_is_refused(tmp_path: Path) -> None:
         '[[radius.clients]]\nname = "gw"\naddress = "10.0.0.1"\nsecret = "s"\nsecrte = "x"\n')
     with pytest.raises(ConfigError, match=r"unknown setting radius\.clients\.secrte"):
         load_settings(tmp_path)
+
+
+def test_shared_replies_must_be_auto_on_or_off() -> None:
+    with pytest.raises(ConfigError, match="shared_replies must be one of auto, on, off"):
+        RadiusSettings(shared_replies="yes").check()
+
+
+def test_shared_replies_are_on_by_default_only_with_postgresql(mfa: MFA) -> None:
+    shared = shared_replies(mfa, Waiter(), inline, 30.0)
+    assert (shared is None) == mfa.store.is_sqlite
