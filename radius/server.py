@@ -30,6 +30,7 @@ from pam_unified_mfa.home import require_home
 from pam_unified_mfa.loop_calls import Call, core_calls
 from pam_unified_mfa.service.changes import follow_changes
 from pam_unified_mfa.service.events import ServiceEvents
+from pam_unified_mfa.service.housekeeping import purge_forever
 from pam_unified_mfa.service.waiter import Waiter
 from pam_unified_mfa.settings import load_settings, parse_duration, parse_host_port
 from radius.clients import Client, ClientTable
@@ -158,6 +159,7 @@ async def serve(mfa: MFA, events: ServiceEvents, clients: ClientTable,
     sweeper = loop.create_task(follow_changes(
         waiter, mfa.store, lambda since: asyncio.to_thread(mfa.push_changes_since, since),
         mfa.env.clock))
+    purger = loop.create_task(purge_forever(mfa))
     call = core_calls(mfa.store.is_sqlite)
     responder = Responder(mfa, waiter, checks, call)
     server = RadiusServer(clients, responder, ReplyCache(cache_ttl, time.monotonic),
@@ -168,6 +170,7 @@ async def serve(mfa: MFA, events: ServiceEvents, clients: ClientTable,
     finally:
         transport.close()
         events.detach()
+        await Waiter.stop(purger)
         await Waiter.stop(sweeper)
     return server
 

@@ -16,7 +16,16 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pam_unified_mfa.core import accounts, audit, credentials, dialogue, factors, passwords, push
+from pam_unified_mfa.core import (
+    accounts,
+    audit,
+    credentials,
+    dialogue,
+    factors,
+    housekeeping,
+    passwords,
+    push,
+)
 from pam_unified_mfa.core import policy as org_policy
 from pam_unified_mfa.core.context import CLI, RequestContext
 from pam_unified_mfa.core.dialogue import MSG_UNAVAILABLE, Outcome, Step
@@ -305,6 +314,11 @@ class MFA:
         if isinstance(result, push.PushError):
             raise result  # after the commit: the refusal's audit record is kept
         return result
+
+    def purge_expired(self) -> dict[str, int]:
+        """Delete expired dialogues, push requests, tokens, sessions (core/housekeeping.py)."""
+        with self._tx() as s:
+            return housekeeping.purge(s, self.env)
 
     def push_changes_since(self, since: float) -> set[str]:
         """Dialogue and account ids whose pushes changed since `since`, on any node."""

@@ -29,6 +29,7 @@ from pam_unified_mfa.pamd import protocol as p
 from pam_unified_mfa.pamd.remote import RemoteDialogues
 from pam_unified_mfa.pamd.session import POLL_INTERVAL, Abandoned, Dialogues, Session
 from pam_unified_mfa.service.changes import follow_changes
+from pam_unified_mfa.service.housekeeping import purge_forever
 from pam_unified_mfa.service.waiter import Waiter
 from pam_unified_mfa.settings import Settings, load_settings, parse_duration
 from pam_unified_mfa.store.changes import listen_dsn
@@ -178,18 +179,21 @@ async def _main(mfa: Dialogues, settings: Settings, listener: socket.socket,
     # A local store on PostgreSQL announces push decisions (LISTEN/NOTIFY): a waiting login
     # is checked when its decision commits on any node. Otherwise it is checked on a timer.
     waiter: Waiter | None = None
-    listening: asyncio.Task[None] | None = None
-    if local is not None and listen_dsn(local.store) is not None:
-        waiter = Waiter()
-        listening = loop.create_task(follow_changes(
-            waiter, local.store, lambda since: asyncio.to_thread(local.push_changes_since, since),
-            local.env.clock))
+    tasks: list[asyncio.Task[None]] = []
+    if local is not None:
+        tasks.append(loop.create_task(purge_forever(local)))
+        if listen_dsn(local.store) is not None:
+            waiter = Waiter()
+            tasks.append(loop.create_task(follow_changes(
+                waiter, local.store,
+                lambda since: asyncio.to_thread(local.push_changes_since, since),
+                local.env.clock)))
     log.info("pamd: listening on %s", where)
     try:
         await serve(mfa, listener, stop, session_deadline(settings), call=call, waiter=waiter)
     finally:
-        if listening is not None:
-            await Waiter.stop(listening)
+        for task in tasks:
+            await Waiter.stop(task)
     log.info("pamd: stopped")
 
 

@@ -23,6 +23,7 @@ from pam_unified_mfa.core import MFA
 from pam_unified_mfa.service import admin_api, auth_api, device_api, errors, wait_stream
 from pam_unified_mfa.service.changes import follow_changes
 from pam_unified_mfa.service.events import ServiceEvents
+from pam_unified_mfa.service.housekeeping import purge_forever
 from pam_unified_mfa.service.metrics import CONTENT_TYPE, Metrics
 from pam_unified_mfa.service.notifier import Notifier
 from pam_unified_mfa.service.ratelimit import RateLimiter
@@ -117,9 +118,11 @@ def create_app(mfa: MFA, events: ServiceEvents) -> FastAPI:
         events.attach(asyncio.get_running_loop(), push_created, waiter.wake)
         sweeper = asyncio.create_task(
             follow_changes(waiter, mfa.store, changes_since, mfa.env.clock))
+        purger = asyncio.create_task(purge_forever(mfa))
         try:
             yield
         finally:
+            await Waiter.stop(purger)
             await Waiter.stop(sweeper)
             events.detach()
             await notifier.stop()
