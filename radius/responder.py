@@ -67,7 +67,10 @@ class Responder:
             return _reply(request, packet.AccessReject, MSG_NO_USER)
         state = request.get("State")
         if "User-Password" in request:
-            typed = request.PwDecrypt(request["User-Password"][0])
+            try:
+                typed = request.PwDecrypt(request["User-Password"][0])
+            except packet.PacketError:  # not whole 16-byte blocks (RFC 2865 §5.2): refused
+                return _reply(request, packet.AccessReject, MSG_DENIED)
         elif state:  # RFC 2865 §4.1: a State alone is a complete request (the user pressed Enter)
             typed = ""
         else:

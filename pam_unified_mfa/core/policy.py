@@ -134,6 +134,8 @@ def preview(
     ctx: RequestContext,
 ) -> Preview:
     """Step one: check the role, state what will change, and hand out a confirmation."""
+    if action != "totp_source":  # only it takes one: no caller's text is kept or audited
+        argument = ""
     now = env.clock()
     admin = _require(session, admin_name, action)
     policy = get_policy(session, now)

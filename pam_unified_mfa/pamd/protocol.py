@@ -59,7 +59,10 @@ def encode(verb: str, argument: str | None = None) -> bytes:
     text = verb if argument is None else f"{verb} {argument}"
     if any(ch in text for ch in "\n\r\0"):
         raise ProtocolError(f"{verb}: an argument must not hold a line break or NUL")
-    data = text.encode("utf-8") + b"\n"
+    try:
+        data = text.encode("utf-8") + b"\n"
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from a JSON escape: not UTF-8
+        raise ProtocolError(f"{verb}: an argument must be valid Unicode") from None
     if len(data) > MAX_LINE:
         raise ProtocolError(f"{verb}: line longer than {MAX_LINE} bytes")
     return data
@@ -88,6 +91,7 @@ def text_lines(verb: str, text: str) -> list[bytes]:
     """Multi-line text as one line per text line, each cut to fit the limit."""
     room = MAX_LINE - len(verb) - 2  # the space and the line feed
     lines = []
+    text = text.encode("utf-8", errors="replace").decode("utf-8")  # "?" for a lone surrogate
     for part in text.replace("\r", "").replace("\0", "").split("\n"):
         raw = part.encode("utf-8")
         if len(raw) > room:
