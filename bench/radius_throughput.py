@@ -422,9 +422,17 @@ def build_many(logins: Sequence[tuple[str, str, bytes | None]], sockets: int) ->
     if workers == 1 or len(logins) < 20_000:
         return build_requests(load_dictionary(), logins, sockets)
     size = -(-len(logins) // workers)
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    # close + join, not the pool's context manager: its terminate() once left a worker hung.
+    pool = multiprocessing.get_context("fork").Pool(workers)
+    try:
         parts = pool.starmap(_build_part, [(logins[i:i + size], sockets, i)
                                            for i in range(0, len(logins), size)])
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
     return [request for part in parts for request in part]
 
 
