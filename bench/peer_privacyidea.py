@@ -16,8 +16,10 @@ again (--runs, interleaved), each for --warmup uncounted seconds and a --seconds
   rollback journal.
 - **Ours**: `unified-mfa serve` on a throwaway home with the embedded SQLite store, users with a
   confirmed TOTP factor, and an API client with a secret (HTTP Basic). A validation is what a
-  remote adapter makes: `POST /v1/auth/begin`, which must answer `prompt`, then
-  `POST /v1/auth/answer` with the code, which must answer `accept`. The client rate limit is
+  gateway with the code makes: `POST /v1/auth/check` with the user and the code, which must
+  answer `accept` (`--our-calls begin-answer`: `POST /v1/auth/begin`, which must answer
+  `prompt`, then `POST /v1/auth/answer` with the code, as an adapter that prompts). The client
+  rate limit is
   raised so that the bench measures validations, not 429s.
 
 Both refuse a code for a time step the token has already used (privacyIDEA: "previous otp used
@@ -68,6 +70,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -276,10 +279,19 @@ def their_check(client: httpx.AsyncClient) -> Check:
     return check
 
 
-def our_check(client: httpx.AsyncClient) -> Check:
-    """Ours, as a remote adapter makes it: the auth API has no call that takes the user and
-    the code together, so it is `begin` (a prompt) and then `answer` with the code."""
-    async def check(user: TotpUser, code: str) -> str | None:
+def our_check(client: httpx.AsyncClient, calls: str = "check") -> Check:
+    """Ours, as a remote adapter makes it: `POST /v1/auth/check` with the user and the code
+    (the counterpart of /validate/check), or with `calls="begin-answer"` the two-step dialogue
+    an adapter that prompts makes: `begin` (a prompt), then `answer` with the code."""
+    async def one_call(user: TotpUser, code: str) -> str | None:
+        reply = await client.post("/v1/auth/check", json={
+            "user": user.name, "code": code, "service": "bench"})
+        if reply.status_code != 200:
+            return f"check: HTTP {reply.status_code}"
+        outcome = reply.json()["outcome"]
+        return None if outcome == "accept" else f"check: {outcome}"
+
+    async def two_calls(user: TotpUser, code: str) -> str | None:
         reply = await client.post("/v1/auth/begin", json={"user": user.name, "service": "bench"})
         if reply.status_code != 200:
             return f"begin: HTTP {reply.status_code}"
@@ -293,7 +305,7 @@ def our_check(client: httpx.AsyncClient) -> Check:
         outcome = reply.json()["outcome"]
         return None if outcome == "accept" else f"answer: {outcome}"
 
-    return check
+    return one_call if calls == "check" else two_calls
 
 
 def wrong_code(user: TotpUser) -> str:
@@ -547,7 +559,8 @@ def measure(args: argparse.Namespace, work: Path) -> bool:
         service.wait_healthy(START_TIMEOUT)
         with running_gunicorn(venv, work / "privacyidea", env, args.their_workers) as gunicorn:
             sides = [Side(THEIRS, gunicorn.url, None, their_check, theirs, gunicorn.pids),
-                     Side(OURS, service.url, auth, our_check, ours, lambda: [service.pid])]
+                     Side(OURS, service.url, auth, partial(our_check, calls=args.our_calls),
+                          ours, lambda: [service.pid])]
             for side in sides:
                 side.check_refusal()
             print(f"\n{args.concurrency} validations in flight; {args.warmup:g} s of warm-up, "
@@ -586,6 +599,8 @@ def main() -> int:
                         help="our users: each gives one fresh code per 30 s (default 6000)")
     parser.add_argument("--their-users", type=int, default=600,
                         help="privacyIDEA's users, likewise (default 600)")
+    parser.add_argument("--our-calls", choices=("check", "begin-answer"), default="check",
+                        help="our validation: one /v1/auth/check, or begin then answer")
     parser.add_argument("--their-workers", type=int, default=2,
                         help="gunicorn's sync workers for privacyIDEA (default 2)")
     parser.add_argument("--cache", type=Path, default=default_cache(),

@@ -58,7 +58,7 @@ from pam_unified_mfa.service import server
 from pam_unified_mfa.service.app import create_app
 from pam_unified_mfa.service.events import ServiceEvents
 from pam_unified_mfa.service.waiter import Listener, Waiter
-from tests.helpers import code_for
+from tests.helpers import Device, code_for, enroll_confirmed, wrong_code
 
 T = TypeVar("T")
 
@@ -291,6 +291,38 @@ def test_r05_one_scan_registers_push_and_the_same_uri_totp_logs_in(unified: Serv
     answered = unified.http.post("/v1/auth/answer", headers=auth, json={
         "token": begun["token"], "answer": code_for(unified.mfa, uri)}).json()
     assert answered["outcome"] == "accept"
+
+
+def test_check_accepts_user_and_code_in_one_call(svc: Service) -> None:
+    svc.mfa.add_user("bob")
+    uri = enroll_confirmed(svc.mfa, "bob", "totp").uri
+    checked = svc.http.post("/v1/auth/check", headers=svc.client_auth(),
+                            json={"user": "bob", "code": code_for(svc.mfa, uri)}).json()
+    assert checked["outcome"] == "accept" and checked["token"] is None
+
+
+def test_s01_check_refuses_a_code_already_used(svc: Service) -> None:
+    svc.mfa.add_user("bob")
+    uri = enroll_confirmed(svc.mfa, "bob", "totp").uri
+    auth = svc.client_auth()
+    body = {"user": "bob", "code": code_for(svc.mfa, uri)}
+    assert svc.http.post("/v1/auth/check", headers=auth, json=body).json()["outcome"] == "accept"
+    assert svc.http.post("/v1/auth/check", headers=auth, json=body).json()["outcome"] != "accept"
+
+
+def test_s06_check_answers_an_unknown_user_as_a_known_one_with_a_wrong_code(
+        svc: Service) -> None:
+    svc.mfa.add_user("bob")  # with both methods, as the unknown user is shown to have
+    uri = enroll_confirmed(svc.mfa, "bob", "totp").uri
+    Device(svc.mfa, svc.mfa.enroll("bob", "push").uri)
+    auth = svc.client_auth()
+    known = svc.http.post("/v1/auth/check", headers=auth,
+                          json={"user": "bob", "code": wrong_code(svc.mfa, uri)}).json()
+    unknown = svc.http.post("/v1/auth/check", headers=auth,
+                            json={"user": "nobody", "code": "123456"}).json()
+    assert known["outcome"] == unknown["outcome"] == "prompt"
+    assert {k: v for k, v in known.items() if k != "token"} == \
+        {k: v for k, v in unknown.items() if k != "token"}
 
 
 def test_r05_a_used_enrollment_token_is_refused_with_400(unified: Service) -> None:

@@ -38,6 +38,14 @@ class BeginRequest(BaseModel):
     kind: Literal["user", "admin"] = "user"
 
 
+class CheckRequest(BaseModel):
+    user: str = Field(max_length=256)
+    code: str = Field(max_length=256, description="A code or a bypass code")
+    service: str = Field("", max_length=256, description="What the user logs in to")
+    client_address: str = Field("", max_length=255,
+                                description="The end user's address, for the audit trail")
+
+
 class AnswerRequest(BaseModel):
     token: str = Field(max_length=256)
     answer: str = Field(max_length=256, description="A code, a bypass code, or `push`")
@@ -96,6 +104,16 @@ async def answer(body: AnswerRequest, client: ClientName, rt: Rt) -> StepRespons
     """Answer the current prompt; the token of the previous step dies."""
     ctx = context(client, body.service, body.client_address)
     return step_response(rt, await run_in_threadpool(rt.mfa.answer, body.token, body.answer, ctx))
+
+
+@router.post("/check", response_model=StepResponse, responses=RESPONSES)
+async def check(body: CheckRequest, client: ClientName, rt: Rt) -> StepResponse:
+    """`begin` and `answer` in one call, for a gateway that has the code with the password.
+    `accept`, or as `answer` would: `prompt` after a wrong code (its token may answer again),
+    `reject` when no attempt is left."""
+    ctx = context(client, body.service, body.client_address)
+    return step_response(rt, await run_in_threadpool(rt.mfa.authenticate_code, body.user,
+                                                     body.code, ctx))
 
 
 async def decision(rt: Runtime, token: str, ctx: RequestContext, timeout: float) -> Step:
