@@ -21,6 +21,10 @@ from pam_unified_mfa.settings import SETTINGS_FILE
 from pam_unified_mfa.store.database import normalise_url
 from tests.helpers import now_code, secret_of
 
+# The secret sweep (S05): records every seed and code the session makes and, at its end, fails
+# the run if one is found in a log record, a store or a file the tests left (tests/secret_sweep.py).
+pytest_plugins = ["tests.secret_sweep"]
+
 START = 1_800_000_000.0  # 2027-01-15, a fixed instant in the middle of a TOTP step
 
 

@@ -31,6 +31,11 @@ PAM_MODULE_DIR = Path(__file__).resolve().parent.parent / "pam_unified_mfa" / "p
 def secret_of(uri: str) -> str:
     enrollment = parse_uri(uri)
     assert enrollment.totp_secret is not None
+    # The secret sweep looks for every seed the tests saw, a subprocess's too. Imported here so
+    # that pytest loads the plugin itself first (tests/conftest.py).
+    from tests.secret_sweep import record_seed
+
+    record_seed(enrollment.totp_secret)
     return enrollment.totp_secret
 
 

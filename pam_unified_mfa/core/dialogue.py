@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from pam_unified_mfa.core import audit, push
 from pam_unified_mfa.core.accounts import effective_enforcement, login_account, new_id
-from pam_unified_mfa.core.context import RequestContext
+from pam_unified_mfa.core.context import TEXT_MAX, RequestContext
 from pam_unified_mfa.core.env import Env
 from pam_unified_mfa.core.factors import (
     BYPASS,
@@ -143,7 +143,8 @@ def _new_dialogue(
     token = secrets.token_urlsafe(TOKEN_BYTES)
     session.execute(_INSERT, {
         "id": new_id(), "token_hash": token_hash(token),
-        "account_id": account.id if account else None, "username": username,
+        # A name past TEXT_MAX is no user's (check_name): kept cut, it still matches no one.
+        "account_id": account.id if account else None, "username": username[:TEXT_MAX],
         "adapter": ctx.adapter, "client": ctx.client, "state": state, "attempts": 0,
         "enroll_factor_id": enroll_factor,
         "expires_at": now + env.seconds(env.settings.dialogue.ttl), "created_at": now,
@@ -158,6 +159,18 @@ def _finish(session: Session, env: Env, dialogue: LiveDialogue | None, step: Ste
             push.cancel(session, dialogue.id, env.clock())
         session.execute(_DELETE, {"b_id": dialogue.id})
     return step
+
+
+def _decoy_reads(session: Session, now: float, directory_groups: tuple[str, ...]) -> None:
+    """The reads `begin` makes for a known user (policy, groups, factors), made for an account
+    that matches no row: an unknown name then costs the store, and the login, what a known
+    one costs, so the time `begin` takes does not tell them apart (S06)."""
+    policy = get_policy(session, now)
+    nobody = Account(id="", kind="user", name="", enforcement=None)
+    effective_enforcement(session, nobody, policy, directory_groups)
+    _methods(nobody, session, now)
+    if policy.mode == "unified":
+        on_unified(session, nobody)
 
 
 def begin(session: Session, env: Env, username: str, ctx: RequestContext,
@@ -175,6 +188,7 @@ def begin(session: Session, env: Env, username: str, ctx: RequestContext,
     account = login_account(session, username, kind)
     if account is None:
         # Indistinguishable from a user with both methods: every answer will be refused (S06).
+        _decoy_reads(session, now, directory_groups)
         token = _new_dialogue(session, env, username, None, ctx, "ask")
         return Step(Outcome.PROMPT, _prompt_text(DECOY_METHODS), token, DECOY_METHODS)
     policy = get_policy(session, now)
