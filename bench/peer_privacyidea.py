@@ -103,7 +103,7 @@ GOAL_CPU_MS = 1.0  # our server CPU per validation
 START_TIMEOUT = 60.0
 SETUP_TIMEOUT = 900.0  # pip install, or importing thousands of tokens on a busy machine
 THEIRS = "privacyIDEA /validate/check"
-OURS = "unified-mfa auth API begin+answer"
+OURS = "unified-mfa auth API"
 
 Check = Callable[[TotpUser, str], Awaitable[str | None]]  # None: accepted; else why not
 
@@ -467,7 +467,7 @@ class Side:
 # -- report -----------------------------------------------------------------------------------
 
 
-def machine_lines(venv: Path, workers: int) -> list[str]:
+def machine_lines(venv: Path, workers: int, our_calls: str) -> list[str]:
     model = "?"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
         for line in cpuinfo:
@@ -480,7 +480,9 @@ def machine_lines(venv: Path, workers: int) -> list[str]:
     return [f"machine: {os.cpu_count()} CPUs ({model}), Linux {platform.release()}, Python "
             f"{platform.python_version()}; load average before the run {load}",
             f"theirs: {their_versions(venv)}; gunicorn with {workers} sync workers",
-            f"ours: {ours}, SQLite {sqlite3.sqlite_version}; one process",
+            f"ours: {ours}, SQLite {sqlite3.sqlite_version}; one process; a validation is "
+            + ("one POST /v1/auth/check" if our_calls == "check"
+               else "POST /v1/auth/begin, then /v1/auth/answer"),
             "the load generator (this process) and the servers share the machine's CPUs"]
 
 
@@ -534,7 +536,7 @@ def summary(windows: Sequence[Window]) -> list[str]:
 def measure(args: argparse.Namespace, work: Path) -> bool:
     """Set up both, run the interleaved windows, print; True when every figure is valid."""
     venv = privacyidea_venv(args.cache)
-    for line in machine_lines(venv, args.their_workers):
+    for line in machine_lines(venv, args.their_workers, args.our_calls):
         print(line, flush=True)
     port = free_port()
     home = make_home(work, port)  # raises [service] client_rate, among others
