@@ -1141,12 +1141,13 @@ def chosen_store(args: argparse.Namespace) -> Iterator[Store]:
 
 def make_home(work: Path, store: Store) -> Path:
     home = work / "home"
-    subprocess.run([console_script("unified-mfa"), "--home", str(home), "init"], check=True,
+    # The store goes into the settings: whatever opens the home (the push devices' setup,
+    # the servers) uses the same one.
+    subprocess.run([console_script("unified-mfa"), "--home", str(home), "init",
+                    *(["--store", store.url] if store.url else [])], check=True,
                    stdout=subprocess.DEVNULL, timeout=60)
     with open(home / "unified-mfa.toml", "a") as settings:
         settings.write(SETTINGS_EXTRA)
-    if store.url:
-        MFA.open(home, store=store.url).close()  # creates the schema
     return home
 
 
