@@ -119,14 +119,14 @@ class Responder:
             check, user, password)
         if not first.ok:
             return None
-        step = await self.call(self.mfa.begin, user, ctx,
-                                       directory_groups=first.groups)
-        if step.outcome is not Outcome.PROMPT or step.token is None:
-            return step
         if client.mode == "append":
             if second.strip().lower() in ("", "push"):
                 return Step(Outcome.REJECT, MSG_APPEND_PUSH)
-            return await self.call(self.mfa.answer, step.token, second, ctx, user)
+            return await self.call(self.mfa.authenticate_code, user, second, ctx,
+                                   directory_groups=first.groups)
+        step = await self.call(self.mfa.begin, user, ctx, directory_groups=first.groups)
+        if step.outcome is not Outcome.PROMPT or step.token is None:
+            return step
         if client.mode == "autopush" and "push" in step.methods:
             return await self.call(self.mfa.answer, step.token, "push", ctx, user)
         return step

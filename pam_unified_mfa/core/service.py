@@ -127,12 +127,19 @@ class MFA:
     def poll(self, token: str, ctx: RequestContext, user: str | None = None) -> Step:
         return self._guarded(ctx, lambda s: dialogue.poll(s, self.env, token, ctx, user))
 
-    def authenticate_code(self, username: str, code: str, ctx: RequestContext) -> Step:
-        """One complete check of a code, as an adapter that got it with the password would."""
-        step = self.begin(username, ctx)
-        if step.finished or step.token is None:
-            return step
-        return self.answer(step.token, code, ctx)
+    def authenticate_code(self, username: str, code: str, ctx: RequestContext, *,
+                          directory_groups: tuple[str, ...] = ()) -> Step:
+        """One complete check of a code, as an adapter that got it with the password would:
+        the dialogue's `begin` and `answer` in one transaction, so one commit, not two. When
+        `begin` asks for anything but a code (an enrollment, a refusal), that step is returned
+        and the code is not used."""
+        def begin_and_answer(s: Session) -> Step:
+            step = dialogue.begin(s, self.env, username, ctx, directory_groups=directory_groups)
+            if step.outcome is not Outcome.PROMPT or step.token is None:
+                return step
+            return dialogue.answer(s, self.env, step.token, code, ctx)
+
+        return self._guarded(ctx, begin_and_answer)
 
     # -- users, groups, admins ----------------------------------------------------------------
 
