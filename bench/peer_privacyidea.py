@@ -57,7 +57,6 @@ import asyncio
 import base64
 import contextlib
 import os
-import platform
 import secrets
 import shutil
 import signal
@@ -86,6 +85,7 @@ from push_pending import (  # sibling benches, found through the line above
     api_client,
     cpu_seconds,
     free_port,
+    machine_line,
     make_home,
     package_version,
     percentile,
@@ -468,17 +468,9 @@ class Side:
 
 
 def machine_lines(venv: Path, workers: int, our_calls: str) -> list[str]:
-    model = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                model = line.partition(":")[2].strip()
-                break
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     ours = ", ".join(f"{p} {package_version(p)}" for p in
                      ("uvicorn", "fastapi", "SQLAlchemy", "httpx"))
-    return [f"machine: {os.cpu_count()} CPUs ({model}), Linux {platform.release()}, Python "
-            f"{platform.python_version()}; load average before the run {load}",
+    return [machine_line(),
             f"theirs: {their_versions(venv)}; gunicorn with {workers} sync workers",
             f"ours: {ours}, SQLite {sqlite3.sqlite_version}; one process; a validation is "
             + ("one POST /v1/auth/check" if our_calls == "check"

@@ -828,7 +828,8 @@ def package_version(name: str) -> str:
         return "?"
 
 
-def machine() -> list[str]:
+def machine_line() -> str:
+    """CPUs and their model, kernel, Python and the load average now: every bench's first line."""
     model = "?"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
         for line in cpuinfo:
@@ -836,11 +837,15 @@ def machine() -> list[str]:
                 model = line.partition(":")[2].strip()
                 break
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return (f"machine: {os.cpu_count()} CPUs ({model}), Linux {platform.release()}, "
+            f"Python {platform.python_version()}; load average before the run {load}")
+
+
+def machine() -> list[str]:
     libs = ", ".join(f"{p} {package_version(p)}" for p in
                      ("uvicorn", "uvloop", "httptools", "fastapi", "starlette", "anyio", "httpx",
                       "SQLAlchemy"))
-    return [f"machine: {os.cpu_count()} CPUs ({model}), Linux {platform.release()}, "
-            f"Python {platform.python_version()}; load average before the run {load}",
+    return [machine_line(),
             f"libraries: {libs}",
             "the bench (client side) and the service run on this same machine and share its "
             "CPUs: latencies include the client's own delay in noticing a response"]

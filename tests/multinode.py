@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -32,7 +33,7 @@ from pam_unified_mfa.settings import SETTINGS_FILE
 from radius.server import load_dictionary
 from tests.conftest import fresh_postgres
 from tests.helpers import free_port, now_code, secret_of, stop_process
-from tests.test_authenticator import SERVER, App, Service, _wait_until_healthy
+from tests.test_authenticator import SERVER, App, Service, _pending_push, _wait_until_healthy
 from tests.test_radius import Answer, radclient
 
 RADIUS_SECRET = "multinode-secret"
@@ -271,3 +272,20 @@ def autopush(cluster: Cluster, node: int, user: str) -> tuple[str, str]:
     number = re.search(r"choosing (\d+)", first.attributes["Reply-Message"])
     assert number is not None
     return number.group(1), first.attributes["State"]
+
+
+def push_approved_across_nodes(cluster: Cluster, user: str, app: App) -> dict[str, Any]:
+    """A push login begun and waited for on service node 1, approved by the user's app
+    through node 0: what node 1's wait answered."""
+    begun = cluster.auth(1, "begin", user=user)
+    pushed = cluster.auth(1, "answer", token=begun["token"], answer="push")
+    assert pushed["outcome"] == "push_pending"
+    waited: list[dict[str, Any]] = []
+    waiting = threading.Thread(target=lambda: waited.append(
+        cluster.auth(1, "wait", token=pushed["token"], timeout=60)))
+    waiting.start()
+    push = _pending_push(app, pushed["push_number"])
+    app.ok("approve", push["id"], "--number", pushed["push_number"])
+    waiting.join(60)
+    assert waited, "node 1's wait did not return"
+    return waited[0]

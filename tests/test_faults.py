@@ -26,6 +26,7 @@ from tests.multinode import (
     datagram,
     node_settings,
     postgres_is_back,
+    push_approved_across_nodes,
     push_user,
     restart_postgres,
     running_cluster,
@@ -117,16 +118,7 @@ def test_after_a_postgresql_restart_a_push_still_crosses_nodes(tmp_path: Path) -
         restart_postgres()
         postgres_is_back(cluster.store_url)
         assert _eventually(lambda: begins(cluster, 1, user))
-        begun = cluster.auth(1, "begin", user=user)
-        pushed = cluster.auth(1, "answer", token=begun["token"], answer="push")
-        waited: list[dict[str, Any]] = []
-        waiting = threading.Thread(target=lambda: waited.append(
-            cluster.auth(1, "wait", token=pushed["token"], timeout=60)))
-        waiting.start()
-        push = _pending_push(app, pushed["push_number"])
-        app.ok("approve", push["id"], "--number", pushed["push_number"])
-        waiting.join(60)
-        assert waited and waited[0]["outcome"] == "accept"
+        assert push_approved_across_nodes(cluster, user, app)["outcome"] == "accept"
         assert "listening again" in cluster.log_text("service-1")
 
 

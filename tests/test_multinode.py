@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pyrad import packet
@@ -27,6 +26,7 @@ from tests.multinode import (
     autopush,
     datagram,
     node_settings,
+    push_approved_across_nodes,
     push_user,
     running_cluster,
     totp_user,
@@ -49,17 +49,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def test_a_push_approved_through_node_a_releases_the_login_waiting_on_node_b(
         cluster: Cluster, tmp_path: Path) -> None:
     user, app = push_user(cluster, tmp_path)
-    begun = cluster.auth(1, "begin", user=user)
-    pushed = cluster.auth(1, "answer", token=begun["token"], answer="push")
-    assert pushed["outcome"] == "push_pending"
-    waited: list[dict[str, Any]] = []
-    waiting = threading.Thread(target=lambda: waited.append(
-        cluster.auth(1, "wait", token=pushed["token"], timeout=60)))
-    waiting.start()
-    push = _pending_push(app, pushed["push_number"])
-    app.ok("approve", push["id"], "--number", pushed["push_number"])
-    waiting.join(60)
-    assert waited and waited[0]["outcome"] == "accept"
+    assert push_approved_across_nodes(cluster, user, app)["outcome"] == "accept"
 
 
 def test_a_radius_login_held_on_one_node_is_released_by_an_approval_through_another(
