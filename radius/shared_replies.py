@@ -19,7 +19,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -34,8 +34,6 @@ from radius.reply_cache import Key, Reply
 log = logging.getLogger("unified_mfa.radius")
 
 TABLE = table_of(RadiusReply)
-
-PURGE_EVERY = 60.0  # seconds between deletions of expired rows, per process
 
 SQLITE_RECHECK = 0.5  # SQLite has no notifications: a waiting copy looks again this often
 
@@ -58,7 +56,6 @@ class SharedReplies:
         self._clock = clock
         self._ttl = ttl
         self._work_limit = work_limit
-        self._next_purge = 0.0
         self._insert = pg_insert if not store.is_sqlite else sqlite_insert
         self.copies = 0
 
@@ -94,10 +91,7 @@ class SharedReplies:
             index_elements=[TABLE.c.key],
             set_={"done": False, "reply": None, "expires_at": now + self._work_limit},
             where=TABLE.c.expires_at <= now).returning(TABLE.c.key)
-        with self._store.session() as session:
-            if now >= self._next_purge:
-                self._next_purge = now + PURGE_EVERY
-                session.execute(delete(TABLE).where(TABLE.c.expires_at <= now))
+        with self._store.session() as session:  # expired rows: core/housekeeping.py
             return session.execute(statement).first() is not None
 
     def _finish(self, name: str, reply: Reply) -> None:
