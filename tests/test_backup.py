@@ -240,6 +240,22 @@ def test_restore_into_a_fresh_postgresql_lets_the_user_log_in_with_the_next_code
 
 
 @SQLITE_SOURCE
+def test_export_and_import_are_each_audited_with_the_row_count(
+    mfa: MFA, target: MFA, tmp_path: Path
+) -> None:
+    populate(mfa)
+    exported = tmp_path / "store.export"
+    assert mfa.home is not None and target.home is not None
+    assert cli(mfa.home, mfa.store.url, "export", "--output", str(exported)).returncode == 0
+    imported = cli(target.home, target.store.url, "import", str(exported))
+    assert imported.returncode == 0, imported.stderr
+    rows = records(exported)[-1]["end"]["rows"]
+    for core, action in ((mfa, "store.export"), (target, "store.import")):
+        entry = next(e for e in core.audit_tail(10_000) if e.action == action)
+        assert entry.detail["count"] == rows
+
+
+@SQLITE_SOURCE
 def test_s01_a_code_used_before_export_is_refused_after_import(
     mfa: MFA, target: MFA, tmp_path: Path
 ) -> None:

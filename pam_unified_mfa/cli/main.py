@@ -474,11 +474,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     mfa = _open(args)
     try:
         if args.output is None:
-            backup.export_store(mfa.store, mfa.env.keyring, sys.stdout.buffer)
-            return 0
-        summary = backup.export_to_file(mfa.store, mfa.env.keyring, Path(args.output))
+            summary = backup.export_store(mfa.store, mfa.env.keyring, sys.stdout.buffer)
+        else:
+            summary = backup.export_to_file(mfa.store, mfa.env.keyring, Path(args.output))
+        mfa.record_backup("export", summary.rows, summary.key_id)
     finally:
         mfa.close()
+    if args.output is None:
+        return 0
     _emit(args, {**summary.as_dict(), "output": args.output},
           f"exported {summary.rows} rows (schema {summary.schema}, key {summary.key_id}) "
           f"to {args.output}")
@@ -489,6 +492,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     mfa = _open(args)
     try:
         summary = backup.import_file(mfa.store, mfa.env.keyring, Path(args.file))
+        mfa.record_backup("import", summary.rows, summary.key_id)
     finally:
         mfa.close()
     _emit(args, {**summary.as_dict(), "input": args.file},

@@ -322,6 +322,14 @@ class MFA:
             raise result  # after the commit: the refusal's audit record is kept
         return result
 
+    def record_backup(self, action: str, rows: int, key_id: str) -> None:
+        """The audit trail says when the whole store was copied out (`export`) or loaded
+        (`import`): how many rows under which key, never what they hold."""
+        with self._tx() as s:
+            audit.record(s, self.env.clock(), actor="cli", action=f"store.{action}",
+                         subject="store", outcome="done", ctx=CLI,
+                         detail={"count": rows, "key_id": key_id})
+
     def purge_expired(self) -> dict[str, int]:
         """Delete expired dialogues, push requests, tokens, sessions (core/housekeeping.py)."""
         with self._tx() as s:
