@@ -4,8 +4,9 @@ A small test session of its own runs in a subprocess with the sweep loaded, as t
 it: one session plants a leak of each kind (a seed in a log record, a seed's hex in a file, a
 code in a log record, a code in an audit row of a real store, a seed in the PostgreSQL log), the
 other makes seeds and codes and keeps them where they belong. The planted seeds are made in the
-subprocess, so this session never learns them and its own sweep does not report the files that
-hold them; one file hands them over, only so that the report can be shown not to contain them.
+subprocess, so the outer test run never learns them and its own sweep does not report the
+files that hold them; one file hands them over, only so that the report can be shown not to
+contain them.
 """
 
 from __future__ import annotations
