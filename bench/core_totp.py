@@ -66,6 +66,7 @@ from pam_unified_mfa.core import MFA, Outcome, RequestContext
 from pam_unified_mfa.enrollment_uri import parse_uri
 from pam_unified_mfa.home import init_home
 from pam_unified_mfa.store.database import normalise_url
+from pam_unified_mfa.store.prepared import Prepared
 
 START = 1_800_000_015.0  # a fixed instant in the middle of a 30 s TOTP step
 CTX = RequestContext(adapter="radius", client="bench")
@@ -381,14 +382,23 @@ class Population:
             nonlocal transactions
             transactions += 1
 
+        # Prepared statements run on the DBAPI cursor, past SQLAlchemy's events: counted here.
+        prepared_cursor = Prepared._cursor
+
+        def counted_cursor(prepared: Prepared, *args: Any) -> Any:
+            on_execute()
+            return prepared_cursor(prepared, *args)
+
         engine = mfa.store.engine
         event.listen(engine, "before_cursor_execute", on_execute)
         event.listen(engine, "commit", on_commit)
+        Prepared._cursor = counted_cursor  # type: ignore[method-assign,assignment]
         try:
             (now, logins), = self.plan(1, mfa.settings.totp.window)
             done, _ = self.run_round(mfa, now, logins)
             self.sync_last_steps(logins, now, mfa.settings.totp.window)
         finally:
+            Prepared._cursor = prepared_cursor  # type: ignore[method-assign]
             event.remove(engine, "before_cursor_execute", on_execute)
             event.remove(engine, "commit", on_commit)
         self.sql_per_verification = statements / done

@@ -10,12 +10,15 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from pam_unified_mfa.core.orgpolicy import PolicyRow
 from pam_unified_mfa.errors import AlreadyExists, NotFound, PolicyViolation
-from pam_unified_mfa.store.models import Account, Admin, Group, Membership, OrgPolicy
+from pam_unified_mfa.store.models import Account, Admin, Group, Membership, OrgPolicy, table_of
+from pam_unified_mfa.store.prepared import PreparedQuery
 
 ENFORCEMENTS = ("required", "enroll_at_login", "exempt")
 # Strictest first: a user in several groups gets the strictest of their groups' settings.
@@ -41,31 +44,56 @@ def check_name(name: str) -> str:
     return name
 
 
+class AccountRow(NamedTuple):
+    """What a login reads of an account, as a plain row (store/prepared.py says why)."""
+
+    id: str
+    kind: str
+    name: str
+    enforcement: str | None
+    must_enroll_until: float | None
+    locked_until: float | None
+    push_blocked_until: float | None
+
+
 # Statements on every login's path are built once: building one costs more than running it.
-_BY_NAME = select(Account).where(Account.kind == bindparam("kind"),
-                                 Account.name == bindparam("name"))
-_GROUP_ENFORCEMENTS = (select(Group.enforcement)
-                       .join(Membership, Membership.group_id == Group.id)
-                       .where(Membership.account_id == bindparam("account_id")))
+_ACCOUNTS = table_of(Account)
+_ROW_COLUMNS = [_ACCOUNTS.c[name] for name in AccountRow._fields]
+_ROW_BY_NAME = PreparedQuery(select(*_ROW_COLUMNS).where(_ACCOUNTS.c.kind == bindparam("kind"),
+                                                    _ACCOUNTS.c.name == bindparam("name")),
+                        AccountRow._make)
+_ROW_BY_ID = PreparedQuery(select(*_ROW_COLUMNS).where(_ACCOUNTS.c.id == bindparam("id")),
+                      AccountRow._make)
+_ROW_OF_ADMIN = PreparedQuery(
+    select(*_ROW_COLUMNS).join(table_of(Admin), table_of(Admin).c.account_id == _ACCOUNTS.c.id)
+    .where(table_of(Admin).c.name == bindparam("name")), AccountRow._make)
+_GROUP_ENFORCEMENTS = PreparedQuery(
+    select(Group.enforcement).join(Membership, Membership.group_id == Group.id)
+    .where(Membership.account_id == bindparam("account_id")), lambda row: str(row[0] or ""))
 # Groups with an enforcement are few; reading them all keeps the statement fixed (an expanding
 # IN over the directory's names would be compiled again at every login).
-_ENFORCED_GROUPS = select(Group.name, Group.enforcement).where(Group.enforcement.is_not(None))
+_ENFORCED_GROUPS = PreparedQuery(select(Group.name, Group.enforcement)
+                            .where(Group.enforcement.is_not(None)),
+                            lambda row: (str(row[0]), str(row[1])))
+_BY_NAME = select(Account).where(Account.kind == bindparam("kind"),
+                                 Account.name == bindparam("name"))
 
 
 def find_account(session: Session, name: str, kind: str = "user") -> Account | None:
     return session.scalars(_BY_NAME, {"kind": kind, "name": name}).one_or_none()
 
 
-_ADMIN_BY_NAME = select(Admin).where(Admin.name == bindparam("name"))
-
-
-def login_account(session: Session, name: str, kind: str = "user") -> Account | None:
+def login_account(session: Session, name: str, kind: str = "user") -> AccountRow | None:
     """The account a login as `name` authenticates: a user's own; for an admin console the
     admin's own TOTP-only account, or the linked user's account for a linked admin (R14)."""
     if kind != "admin":
-        return find_account(session, name, kind)
-    admin = session.scalars(_ADMIN_BY_NAME, {"name": name}).one_or_none()
-    return session.get(Account, admin.account_id) if admin is not None else None
+        return _ROW_BY_NAME.first(session, {"kind": kind, "name": name})
+    return _ROW_OF_ADMIN.first(session, {"name": name})
+
+
+def account_row(session: Session, account_id: str) -> AccountRow | None:
+    """An account as a login reads it, again (its lock may have changed since `begin`)."""
+    return _ROW_BY_ID.first(session, {"id": account_id})
 
 
 def get_user(session: Session, name: str) -> Account:
@@ -135,12 +163,13 @@ def _directory_enforcement(session: Session, names: tuple[str, ...]) -> str | No
     if not names:
         return None
     wanted = set(names)
-    values = [enforcement for name, enforcement in session.execute(_ENFORCED_GROUPS)
+    values = [enforcement for name, enforcement in _ENFORCED_GROUPS.rows(session, {})
               if name in wanted and enforcement]
     return min(values, key=_STRICTNESS.__getitem__) if values else None
 
 
-def effective_enforcement(session: Session, account: Account, policy: OrgPolicy,
+def effective_enforcement(session: Session, account: Account | AccountRow,
+                          policy: OrgPolicy | PolicyRow,
                           directory_groups: tuple[str, ...] = ()) -> str:
     """The account's own setting, else the strictest of its groups' (stored and directory
     groups alike), else the organisation's.
@@ -152,8 +181,9 @@ def effective_enforcement(session: Session, account: Account, policy: OrgPolicy,
         return "required"
     if account.enforcement:
         return account.enforcement
-    group_values = [value for value in session.scalars(_GROUP_ENFORCEMENTS,
-                                                       {"account_id": account.id}) if value]
+    group_values = [value for value in _GROUP_ENFORCEMENTS.rows(session,
+                                                                {"account_id": account.id})
+                    if value]
     from_directory = _directory_enforcement(session, directory_groups)
     if from_directory is not None:
         group_values.append(from_directory)

@@ -12,11 +12,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from pam_unified_mfa.core.context import RequestContext
 from pam_unified_mfa.store.models import AuditRecord, table_of
+from pam_unified_mfa.store.prepared import Prepared
 
 log = logging.getLogger("unified_mfa.audit")
 
@@ -53,7 +54,10 @@ def _check_detail(detail: Detail) -> str:
     return json.dumps(dict(detail), sort_keys=True)
 
 
-_INSERT = insert(table_of(AuditRecord))  # the table, not the class: no ORM bulk-insert layer
+_COLUMNS = ("at", "actor", "action", "subject", "outcome", "adapter", "client", "detail")
+# Every login writes one: run as a prepared statement (store/prepared.py).
+_INSERT = Prepared(insert(table_of(AuditRecord)).values({name: bindparam(name)
+                                                        for name in _COLUMNS}))
 
 
 def record(
@@ -69,10 +73,9 @@ def record(
 ) -> None:
     """Add one audit record to the current transaction and write the same line to the log."""
     text = _check_detail(detail or {})
-    # A plain INSERT, not an object for the unit of work to flush: every login writes one.
-    session.execute(_INSERT, {"at": now, "actor": actor, "action": action, "subject": subject,
-                              "outcome": outcome, "adapter": ctx.adapter, "client": ctx.client,
-                              "detail": text})
+    _INSERT.run(session, {"at": now, "actor": actor, "action": action, "subject": subject,
+                          "outcome": outcome, "adapter": ctx.adapter, "client": ctx.client,
+                          "detail": text})
     log.info("action=%s outcome=%s actor=%s subject=%s adapter=%s client=%s detail=%s",
              action, outcome, actor, subject, ctx.adapter, ctx.client or "-", text)
 

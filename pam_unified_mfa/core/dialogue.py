@@ -11,13 +11,19 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import NamedTuple
 
-from sqlalchemy import Row, bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from pam_unified_mfa.core import audit, push
-from pam_unified_mfa.core.accounts import effective_enforcement, login_account, new_id
+from pam_unified_mfa.core.accounts import (
+    AccountRow,
+    account_row,
+    effective_enforcement,
+    login_account,
+    new_id,
+)
 from pam_unified_mfa.core.context import TEXT_MAX, RequestContext
 from pam_unified_mfa.core.env import Env
 from pam_unified_mfa.core.factors import (
@@ -25,16 +31,18 @@ from pam_unified_mfa.core.factors import (
     PROTECT_PUSH,
     TOTP_KINDS,
     WORKING_KINDS,
+    FactorRow,
     _resolve_kind,
-    account_factors,
     create_enrollment,
     is_usable,
-    on_unified,
+    login_factors,
     token_hash,
+    unified_in,
 )
-from pam_unified_mfa.core.orgpolicy import get_policy
+from pam_unified_mfa.core.orgpolicy import get_policy, login_policy
 from pam_unified_mfa.core.verification import check_code, decoy_check, is_locked, record_success
 from pam_unified_mfa.store.models import Account, Dialogue, table_of
+from pam_unified_mfa.store.prepared import Prepared, PreparedQuery
 
 TOKEN_BYTES = 24  # 32 characters: unguessable, and fits a RADIUS State attribute (<= 253 octets)
 
@@ -92,9 +100,8 @@ class Step:
             self.outcome is Outcome.UNAVAILABLE and self.allowed)
 
 
-def _methods(account: Account, session: Session, now: float) -> tuple[str, ...]:
-    usable = [f for f in account_factors(session, account, "active", "pending")
-              if is_usable(f, now)]
+def _methods(factors: list[FactorRow], now: float) -> tuple[str, ...]:
+    usable = [f for f in factors if is_usable(f, now)]
     methods: list[str] = []
     if any(f.kind in TOTP_KINDS or f.kind == BYPASS for f in usable):
         methods.append("code")
@@ -103,45 +110,60 @@ def _methods(account: Account, session: Session, now: float) -> tuple[str, ...]:
     return tuple(methods)
 
 
-def _has_working(account: Account, session: Session, now: float) -> bool:
+def _has_working(factors: list[FactorRow], now: float) -> bool:
     """Confirmed push/TOTP only: a user who may enroll gets a fresh QR at every login until
     one is confirmed, even if an earlier one was shown and abandoned."""
-    return any(f.kind in WORKING_KINDS and is_usable(f, now)
-               for f in account_factors(session, account, "active"))
+    return any(f.kind in WORKING_KINDS and f.state == "active" and is_usable(f, now)
+               for f in factors)
 
 
 def _prompt_text(methods: tuple[str, ...]) -> str:
     return PROMPT_CODE_OR_PUSH if "push" in methods else PROMPT_CODE
 
 
-# Built once: every login runs these, and building a statement costs more than running it.
-# A dialogue is read as a plain row and changed by explicit UPDATEs: every login claims one, and
-# the ORM's bulk-statement and identity-map layers would cost more than the statements.
+class LiveDialogue(NamedTuple):
+    """A dialogue row as claimed (store/prepared.py says why a plain row)."""
+
+    id: str
+    account_id: str | None
+    username: str
+    state: str
+    attempts: int
+    enroll_factor_id: str | None
+    push_number: str | None
+    push_deadline: float | None
+    expires_at: float
+
+
+# Every login runs these: prepared once (store/prepared.py). A dialogue is read as a row and
+# changed by explicit UPDATEs, never through the ORM's unit of work.
 _TABLE = table_of(Dialogue)
-LiveDialogue = Row[Any]
-"""A dialogue row as claimed; its columns are attributes (`.state`, `.attempts`, …)."""
+_LIVE_COLUMNS = [_TABLE.c[name] for name in LiveDialogue._fields]
 _LIVE_WHERE = (_TABLE.c.token_hash == bindparam("b_token_hash"),
                _TABLE.c.adapter == bindparam("b_adapter"),
                _TABLE.c.client == bindparam("b_client"), _TABLE.c.expires_at > bindparam("b_now"))
-_LIVE = select(_TABLE).where(*_LIVE_WHERE)
-_INSERT = insert(_TABLE)
+_LIVE = PreparedQuery(select(*_LIVE_COLUMNS).where(*_LIVE_WHERE), LiveDialogue._make)
+_INSERT_COLUMNS = ("id", "token_hash", "account_id", "username", "adapter", "client", "state",
+                   "attempts", "enroll_factor_id", "expires_at", "created_at")
+_INSERT = Prepared(insert(_TABLE).values({name: bindparam(name) for name in _INSERT_COLUMNS}))
 _BY_ID = _TABLE.c.id == bindparam("b_id")
-_DELETE = delete(_TABLE).where(_BY_ID)
-_ROTATE = (update(_TABLE).where(*_LIVE_WHERE).values(token_hash=bindparam("b_new_hash"))
-           .returning(*_TABLE.c))
-_COUNT_ATTEMPT = update(_TABLE).where(_BY_ID).values(attempts=_TABLE.c.attempts + 1)
-_PUSH_SENT = update(_TABLE).where(_BY_ID).values(
+_DELETE = Prepared(delete(_TABLE).where(_BY_ID))
+_ROTATE = PreparedQuery(update(_TABLE).where(*_LIVE_WHERE)
+                        .values(token_hash=bindparam("b_new_hash"))
+                        .returning(*_LIVE_COLUMNS), LiveDialogue._make)
+_COUNT_ATTEMPT = Prepared(update(_TABLE).where(_BY_ID).values(attempts=_TABLE.c.attempts + 1))
+_PUSH_SENT = Prepared(update(_TABLE).where(_BY_ID).values(
     state="push", push_number=bindparam("b_number"), push_deadline=bindparam("b_deadline"),
-    expires_at=bindparam("b_expires"))
+    expires_at=bindparam("b_expires")))
 
 
 def _new_dialogue(
-    session: Session, env: Env, username: str, account: Account | None, ctx: RequestContext,
+    session: Session, env: Env, username: str, account: AccountRow | None, ctx: RequestContext,
     state: str, enroll_factor: str | None = None,
 ) -> str:
     now = env.clock()
     token = secrets.token_urlsafe(TOKEN_BYTES)
-    session.execute(_INSERT, {
+    _INSERT.run(session, {
         "id": new_id(), "token_hash": token_hash(token),
         # A name past TEXT_MAX is no user's (check_name): kept cut, it still matches no one.
         "account_id": account.id if account else None, "username": username[:TEXT_MAX],
@@ -157,20 +179,25 @@ def _finish(session: Session, env: Env, dialogue: LiveDialogue | None, step: Ste
     if dialogue is not None:
         if dialogue.state == "push":
             push.cancel(session, dialogue.id, env.clock())
-        session.execute(_DELETE, {"b_id": dialogue.id})
+        _DELETE.run(session, {"b_id": dialogue.id})
     return step
+
+
+_NOBODY = AccountRow(id="", kind="user", name="", enforcement=None, must_enroll_until=None,
+                     locked_until=None, push_blocked_until=None)
+"""Who the decoy reads are made for: an account that matches no row."""
 
 
 def _decoy_reads(session: Session, now: float, directory_groups: tuple[str, ...]) -> None:
     """The reads `begin` makes for a known user (policy, groups, factors), made for an account
     that matches no row: an unknown name then costs the store, and the login, what a known
     one costs, so the time `begin` takes does not tell them apart (S06)."""
-    policy = get_policy(session, now)
-    nobody = Account(id="", kind="user", name="", enforcement=None)
-    effective_enforcement(session, nobody, policy, directory_groups)
-    _methods(nobody, session, now)
+    policy = login_policy(session, now)
+    effective_enforcement(session, _NOBODY, policy, directory_groups)
+    factors = login_factors(session, _NOBODY.id)
+    _methods(factors, now)
     if policy.mode == "unified":
-        on_unified(session, nobody)
+        unified_in(factors)
 
 
 def begin(session: Session, env: Env, username: str, ctx: RequestContext,
@@ -191,7 +218,7 @@ def begin(session: Session, env: Env, username: str, ctx: RequestContext,
         _decoy_reads(session, now, directory_groups)
         token = _new_dialogue(session, env, username, None, ctx, "ask")
         return Step(Outcome.PROMPT, _prompt_text(DECOY_METHODS), token, DECOY_METHODS)
-    policy = get_policy(session, now)
+    policy = login_policy(session, now)
     enforcement = effective_enforcement(session, account, policy, directory_groups)
     if enforcement == "exempt":
         audit.record(session, now, actor=account.name, action="mfa.login", subject=account.name,
@@ -201,23 +228,27 @@ def begin(session: Session, env: Env, username: str, ctx: RequestContext,
         audit.record(session, now, actor=account.name, action="mfa.login", subject=account.name,
                      outcome="rejected", ctx=ctx, detail={"reason": "locked"})
         return Step(Outcome.REJECT, MSG_LOCKED)
-    methods = _methods(account, session, now)
+    factors = login_factors(session, account.id)
+    methods = _methods(factors, now)
     may_enroll = enforcement == "enroll_at_login" or (
         account.must_enroll_until is not None and account.must_enroll_until > now)
     # Bypass codes alone do not make an enrollment: the user still gets the QR, and the
     # enrollment step accepts a bypass code too.
-    if methods and not (may_enroll and not _has_working(account, session, now)):
+    if methods and not (may_enroll and not _has_working(factors, now)):
         token = _new_dialogue(session, env, username, account, ctx, "ask")
         suggest = (policy.mode == "unified" and account.kind == "user"
-                   and not on_unified(session, account))
+                   and not unified_in(factors))
         return Step(Outcome.PROMPT, _prompt_text(methods), token, methods,
                     suggest_unified=suggest, extra={"hint": HINT_UNIFIED} if suggest else {})
     if not may_enroll:
         audit.record(session, now, actor=account.name, action="mfa.login", subject=account.name,
                      outcome="rejected", ctx=ctx, detail={"reason": "no_factor"})
         return Step(Outcome.REJECT, MSG_NO_FACTOR)
+    # Rare and writing: the ORM's objects, as every enrollment uses them.
+    owner = session.get(Account, account.id)
+    assert owner is not None
     enrollment = create_enrollment(
-        session, env, account, _resolve_kind(policy, account, None),
+        session, env, owner, _resolve_kind(get_policy(session, now), owner, None),
         ttl=env.seconds(env.settings.dialogue.ttl),
     )
     token = _new_dialogue(session, env, username, account, ctx, "enroll",
@@ -237,10 +268,10 @@ def _claim(session: Session, env: Env, token: str, ctx: RequestContext,
     live = {"b_token_hash": token_hash(token), "b_adapter": ctx.adapter,
             "b_client": ctx.client, "b_now": env.clock()}
     if not rotate:
-        dialogue = session.execute(_LIVE, live).one_or_none()
+        dialogue = _LIVE.first(session, live)
         return (dialogue, token) if dialogue is not None else (None, None)
     new_token = secrets.token_urlsafe(TOKEN_BYTES)
-    claimed = session.execute(_ROTATE, {**live, "b_new_hash": token_hash(new_token)}).one_or_none()
+    claimed = _ROTATE.first(session, {**live, "b_new_hash": token_hash(new_token)})
     return (claimed, new_token) if claimed is not None else (None, None)
 
 
@@ -260,7 +291,7 @@ def answer(session: Session, env: Env, token: str, reply: str, ctx: RequestConte
         return Step(Outcome.REJECT, MSG_EXPIRED)
     if not _same_user(dialogue, user):
         return _finish(session, env, dialogue, Step(Outcome.REJECT, MSG_EXPIRED))
-    account = session.get(Account, dialogue.account_id) if dialogue.account_id else None
+    account = account_row(session, dialogue.account_id) if dialogue.account_id else None
     wants_push = reply.strip().lower() in ("", "push")
     if account is None:
         # A decoy push that nobody can approve keeps unknown users looking like real ones (S06).
@@ -268,18 +299,15 @@ def answer(session: Session, env: Env, token: str, reply: str, ctx: RequestConte
             return start_push(session, env, dialogue, None, new_token, ctx)
         decoy_check(env, reply)
         return _after_failure(session, env, dialogue, new_token, DECOY_METHODS)
-    if wants_push and dialogue.state == "ask" and "push" in _methods(account, session,
-                                                                      env.clock()):
+    factors = login_factors(session, account.id)
+    if wants_push and dialogue.state == "ask" and "push" in _methods(factors, env.clock()):
         return start_push(session, env, dialogue, account, new_token, ctx)
-    result = check_code(session, env, account, reply, ctx)
+    result = check_code(session, env, account, reply, ctx, factors=factors)
     if result.accepted:
         return _finish(session, env, dialogue, Step(Outcome.ACCEPT, "Access granted"))
-    if result.reason == "locked":
+    if result.locked:
         return _finish(session, env, dialogue, Step(Outcome.REJECT, MSG_LOCKED))
-    if is_locked(account, env.clock()):  # record_failure expired it: this reads the new lock
-        return _finish(session, env, dialogue, Step(Outcome.REJECT, MSG_LOCKED))
-    # Listed only now: an accepted code, the common case, never needs them.
-    methods = _methods(account, session, env.clock())
+    methods = _methods(factors, env.clock())
     return _after_failure(session, env, dialogue, new_token, methods or ("code",))
 
 
@@ -287,13 +315,13 @@ def _after_failure(session: Session, env: Env, dialogue: LiveDialogue, token: st
                    methods: tuple[str, ...]) -> Step:
     if dialogue.attempts + 1 >= env.settings.dialogue.max_attempts:
         return _finish(session, env, dialogue, Step(Outcome.REJECT, MSG_DENIED))
-    session.execute(_COUNT_ATTEMPT, {"b_id": dialogue.id})
+    _COUNT_ATTEMPT.run(session, {"b_id": dialogue.id})
     if dialogue.state == "enroll":
         methods = ("code",)
     return Step(Outcome.PROMPT, f"{MSG_WRONG}. {_prompt_text(methods)}", token, methods)
 
 
-def start_push(session: Session, env: Env, dialogue: LiveDialogue, account: Account | None,
+def start_push(session: Session, env: Env, dialogue: LiveDialogue, account: AccountRow | None,
                token: str, ctx: RequestContext) -> Step:
     """Send a push and wait: the login screen shows the number to pick on the device (S03).
 
@@ -309,8 +337,8 @@ def start_push(session: Session, env: Env, dialogue: LiveDialogue, account: Acco
     else:
         number = f"{secrets.randbelow(90) + 10}"
         deadline = now + env.seconds(env.settings.push.timeout)
-    session.execute(_PUSH_SENT, {"b_id": dialogue.id, "b_number": number, "b_deadline": deadline,
-                                 "b_expires": max(dialogue.expires_at, deadline)})
+    _PUSH_SENT.run(session, {"b_id": dialogue.id, "b_number": number, "b_deadline": deadline,
+                             "b_expires": max(dialogue.expires_at, deadline)})
     return Step(Outcome.PUSH_PENDING,
                 f"Approve the push on your device by choosing the number {number}",
                 token, ("code",), push_number=number, deadline=deadline, wait_key=dialogue.id)
@@ -339,7 +367,7 @@ def poll(session: Session, env: Env, token: str, ctx: RequestContext,
         return Step(Outcome.PROMPT, _prompt_text(("code",)), token, ("code",))
     challenge = push.status_for_dialogue(session, dialogue.id) if dialogue.account_id else None
     if challenge is not None and challenge.status == "approved":
-        account = session.get(Account, dialogue.account_id)
+        account = account_row(session, dialogue.account_id) if dialogue.account_id else None
         if account is not None:
             record_success(session, account)
         audit.record(session, now, actor=dialogue.username, action="mfa.login",

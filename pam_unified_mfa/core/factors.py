@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from pam_unified_mfa import totp
@@ -22,7 +23,8 @@ from pam_unified_mfa.core.env import Env
 from pam_unified_mfa.core.orgpolicy import get_policy, method_enabled
 from pam_unified_mfa.enrollment_uri import Enrollment, build_uri
 from pam_unified_mfa.errors import LockoutRefused, NotFound, PolicyViolation
-from pam_unified_mfa.store.models import Account, EnrollmentToken, Factor, OrgPolicy
+from pam_unified_mfa.store.models import Account, EnrollmentToken, Factor, OrgPolicy, table_of
+from pam_unified_mfa.store.prepared import PreparedQuery
 
 PROTECT_PUSH = "protect_push"
 PROTECT_TOTP = "protect_totp"
@@ -79,7 +81,42 @@ def account_factors(session: Session, account: Account, *states: str) -> list[Fa
     return [f for f in factors if f.state in states] if states else list(factors)
 
 
-def is_usable(factor: Factor, now: float) -> bool:
+class FactorRow(NamedTuple):
+    """What a login reads of a factor, as a plain row (store/prepared.py says why).
+
+    `unified` is read for its truth only: SQLite gives 0 or 1.
+    """
+
+    id: str
+    kind: str
+    state: str
+    unified: bool
+    secret: str | None
+    code_hash: str | None
+    algorithm: str | None
+    digits: int | None
+    period: int | None
+    device_key: str | None
+    expires_at: float | None
+    used_at: float | None
+
+
+_FACTOR_TABLE = table_of(Factor)
+_LOGIN_FACTORS = PreparedQuery(
+    select(*[_FACTOR_TABLE.c[name] for name in FactorRow._fields])
+    .where(_FACTOR_TABLE.c.account_id == bindparam("account_id"),
+           # Not IN (…): that would be an expanding parameter, compiled again at each call.
+           or_(_FACTOR_TABLE.c.state == "active", _FACTOR_TABLE.c.state == "pending"))
+    .order_by(_FACTOR_TABLE.c.created_at, _FACTOR_TABLE.c.id), FactorRow._make)
+
+
+def login_factors(session: Session, account_id: str) -> list[FactorRow]:
+    """The account's active and pending factors, oldest first, as a login reads them: one
+    statement per login, whose rows every decision of the login then shares."""
+    return _LOGIN_FACTORS.rows(session, {"account_id": account_id})
+
+
+def is_usable(factor: Factor | FactorRow, now: float) -> bool:
     """Active (or pending, awaiting its first code) and neither expired nor spent."""
     if factor.state not in ("active", "pending"):
         return False
@@ -117,7 +154,12 @@ def visible_factors(session: Session, account: Account, now: float) -> list[Fact
 
 
 def on_unified(session: Session, account: Account) -> bool:
-    return any(f.unified for f in account_factors(session, account, "active"))
+    return unified_in(account_factors(session, account, "active"))
+
+
+def unified_in(factors: list[Factor] | list[FactorRow]) -> bool:
+    """Whether an active factor among these came from a unified Protect enrollment."""
+    return any(f.unified for f in factors if f.state == "active")
 
 
 def retire(session: Session, factor: Factor, now: float) -> None:

@@ -23,7 +23,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from pam_unified_mfa.core import audit
-from pam_unified_mfa.core.accounts import new_id
+from pam_unified_mfa.core.accounts import AccountRow, new_id
 from pam_unified_mfa.core.context import RequestContext
 from pam_unified_mfa.core.env import Env
 from pam_unified_mfa.core.events import after_commit
@@ -117,7 +117,8 @@ def register_device(
 
 
 def start(
-    session: Session, env: Env, account: Account, dialogue_id: str, ctx: RequestContext,
+    session: Session, env: Env, account: Account | AccountRow, dialogue_id: str,
+    ctx: RequestContext,
 ) -> PushChallenge | str:
     """Create a challenge, or say why not (blocked after "not me", or rate-limited: S04)."""
     now = env.clock()

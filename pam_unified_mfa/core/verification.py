@@ -8,25 +8,26 @@ win it), and failures are counted with an atomic increment.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
 
 from sqlalchemy import bindparam, or_, update
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from pam_unified_mfa import totp
 from pam_unified_mfa.core import audit
+from pam_unified_mfa.core.accounts import AccountRow
 from pam_unified_mfa.core.context import RequestContext
 from pam_unified_mfa.core.env import Env
 from pam_unified_mfa.core.factors import (
     BYPASS,
     TOTP_KINDS,
-    account_factors,
+    FactorRow,
     confirm,
     is_usable,
+    login_factors,
     secret_context,
 )
 from pam_unified_mfa.store.models import Account, Factor, table_of
+from pam_unified_mfa.store.prepared import Prepared, PreparedQuery
 
 # A TOTP check used for unknown users so that they cost the same time as real ones (S06).
 _DECOY_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"  # noqa: S105 - public, never enrolled
@@ -34,34 +35,46 @@ _DECOY_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"  # noqa: S105 - public, never
 
 @dataclass(frozen=True)
 class CodeCheck:
+    """`locked` says the account is locked now, by this failure or an earlier one (S02)."""
+
     accepted: bool
     reason: str
     factor_id: str | None = None
     kind: str | None = None
+    locked: bool = False
 
 
-# Statements on every login's path are built once: building one costs more than running it.
+# Statements on every login's path are prepared once (store/prepared.py).
 # The step only moves forward: a code of this step or an older one is never taken again (S01).
-# Tables rather than classes: plain UPDATEs skip the ORM's bulk-statement layer.
 _FACTORS = table_of(Factor)
 _ACCOUNTS = table_of(Account)
-_CLAIM_STEP = (update(_FACTORS)
-               .where(_FACTORS.c.id == bindparam("factor_id"),
-                      or_(_FACTORS.c.last_step.is_(None),
-                          _FACTORS.c.last_step < bindparam("step")))
-               .values(last_step=bindparam("step")))
-_CLEAR_FAILURES = (update(_ACCOUNTS)
-                   .where(_ACCOUNTS.c.id == bindparam("account_id"),
-                          or_(_ACCOUNTS.c.failures != 0, _ACCOUNTS.c.lock_count != 0,
-                              _ACCOUNTS.c.locked_until.is_not(None)))
-                   .values(failures=0, lock_count=0, locked_until=None))
+_CLAIM_STEP = Prepared(update(_FACTORS)
+                       .where(_FACTORS.c.id == bindparam("factor_id"),
+                              or_(_FACTORS.c.last_step.is_(None),
+                                  _FACTORS.c.last_step < bindparam("step")))
+                       .values(last_step=bindparam("step")))
+_SPEND_BYPASS = Prepared(update(_FACTORS)
+                         .where(_FACTORS.c.id == bindparam("factor_id"),
+                                _FACTORS.c.used_at.is_(None))
+                         .values(used_at=bindparam("now")))
+_CLEAR_FAILURES = Prepared(update(_ACCOUNTS)
+                           .where(_ACCOUNTS.c.id == bindparam("account_id"),
+                                  or_(_ACCOUNTS.c.failures != 0, _ACCOUNTS.c.lock_count != 0,
+                                      _ACCOUNTS.c.locked_until.is_not(None)))
+                           .values(failures=0, lock_count=0, locked_until=None))
+_COUNT_FAILURE = PreparedQuery(update(_ACCOUNTS).where(_ACCOUNTS.c.id == bindparam("account_id"))
+                          .values(failures=_ACCOUNTS.c.failures + 1)
+                          .returning(_ACCOUNTS.c.failures, _ACCOUNTS.c.lock_count),
+                          lambda row: (int(row[0]), int(row[1])))
+_LOCK = Prepared(update(_ACCOUNTS).where(_ACCOUNTS.c.id == bindparam("account_id"))
+                 .values(failures=0, lock_count=_ACCOUNTS.c.lock_count + 1,
+                         locked_until=bindparam("until")))
+
+AnyAccount = Account | AccountRow
+"""The ORM object (admin and portal paths) or the row a login reads: both have what is used."""
 
 
-def _rowcount(result: Any) -> int:
-    return cast(CursorResult[Any], result).rowcount
-
-
-def is_locked(account: Account, now: float) -> bool:
+def is_locked(account: AnyAccount, now: float) -> bool:
     return account.locked_until is not None and account.locked_until > now
 
 
@@ -76,7 +89,8 @@ def decoy_check(env: Env, code: str) -> None:
                     env.clock(), env.settings.totp.window)
 
 
-def _claim_totp(session: Session, env: Env, factor: Factor, code: str, now: float) -> str | None:
+def _claim_totp(session: Session, env: Env, factor: FactorRow, code: str,
+                now: float) -> str | None:
     """'ok' if the code matches a step not used before, 'replay' if used, None if no match."""
     if factor.secret is None:
         return None
@@ -86,84 +100,87 @@ def _claim_totp(session: Session, env: Env, factor: Factor, code: str, now: floa
     step = totp.match_step(secret, params, code, now, env.settings.totp.window)
     if step is None:
         return None
-    claimed = session.execute(_CLAIM_STEP, {"factor_id": factor.id, "step": step})
-    return "ok" if _rowcount(claimed) == 1 else "replay"
+    claimed = _CLAIM_STEP.run(session, {"factor_id": factor.id, "step": step})
+    return "ok" if claimed == 1 else "replay"
 
 
-def _claim_bypass(session: Session, env: Env, factor: Factor, code: str, now: float) -> str | None:
+def _claim_bypass(session: Session, env: Env, factor: FactorRow, code: str,
+                  now: float) -> str | None:
     if factor.code_hash is None or not env.keyring.verify_mac(
         code.encode(), f"bypass:{factor.id}", factor.code_hash
     ):
         return None
-    spent = session.execute(
-        update(Factor).where(Factor.id == factor.id, Factor.used_at.is_(None))
-        .values(used_at=now).execution_options(synchronize_session=False)
-    )
-    return "ok" if _rowcount(spent) == 1 else "replay"
+    spent = _SPEND_BYPASS.run(session, {"factor_id": factor.id, "now": now})
+    return "ok" if spent == 1 else "replay"
 
 
 def record_failure(
-    session: Session, env: Env, account: Account, ctx: RequestContext, reason: str,
+    session: Session, env: Env, account: AnyAccount, ctx: RequestContext, reason: str,
     action: str = "mfa.code",
-) -> None:
+) -> bool:
     """Count a failure atomically; at the limit, lock with doubling back-off (S02).
 
     `action` names what failed in the audit trail (a code, or a portal's local password).
+    Returns whether this failure locked the account.
     """
     now = env.clock()
     settings = env.settings.throttle
-    failures, lock_count = session.execute(
-        update(Account).where(Account.id == account.id)
-        .values(failures=Account.failures + 1)
-        .returning(Account.failures, Account.lock_count)
-        .execution_options(synchronize_session=False)
-    ).one()
+    counted = _COUNT_FAILURE.first(session, {"account_id": account.id})
+    assert counted is not None, "the account of a login is not deleted during it"
+    failures, lock_count = counted
     audit.record(session, now, actor=account.name, action=action, subject=account.name,
                  outcome="rejected", ctx=ctx, detail={"reason": reason, "attempts": failures})
-    if failures >= settings.max_failures:
+    locked = failures >= settings.max_failures
+    if locked:
         lockout = min(env.seconds(settings.lockout) * 2 ** min(lock_count, 16),
                       env.seconds(settings.max_lockout))
-        session.execute(
-            update(Account).where(Account.id == account.id)
-            .values(failures=0, lock_count=Account.lock_count + 1, locked_until=now + lockout)
-            .execution_options(synchronize_session=False)
-        )
+        _LOCK.run(session, {"account_id": account.id, "until": now + lockout})
         audit.record(session, now, actor=account.name, action="user.locked",
                      subject=account.name, outcome="locked", ctx=ctx,
                      detail={"locked_for": int(lockout), "attempts": failures})
-    session.expire(account)
+    _forget(session, account)
+    return locked
 
 
-def record_success(session: Session, account: Account) -> None:
-    """Clear the failure count and back-off; most logins have none, so usually no write."""
-    cleared = session.execute(_CLEAR_FAILURES, {"account_id": account.id})
-    if _rowcount(cleared):
+def _forget(session: Session, account: AnyAccount) -> None:
+    """An ORM object of the account would now hold old counts: it reads them again."""
+    if isinstance(account, Account):
         session.expire(account)
 
 
+def record_success(session: Session, account: AnyAccount) -> None:
+    """Clear the failure count and back-off; most logins have none, so usually no write."""
+    if _CLEAR_FAILURES.run(session, {"account_id": account.id}):
+        _forget(session, account)
+
+
 def check_code(
-    session: Session, env: Env, account: Account, code: str, ctx: RequestContext,
+    session: Session, env: Env, account: AnyAccount, code: str, ctx: RequestContext,
     only: tuple[str, ...] | None = None, pending: bool = False,
+    factors: list[FactorRow] | None = None,
 ) -> CodeCheck:
     """Try a code against every usable TOTP factor and bypass code of the account.
 
     A correct code during a lock is refused (S02); a code whose time step was already accepted
     is refused (S01). A first valid code for a pending factor confirms it. `only` restricts
     the check to active factors of the given kinds (proof of possession for a reset, R07);
-    `pending` to factors awaiting their first code (finishing an enrollment).
+    `pending` to factors awaiting their first code (finishing an enrollment). `factors`, when
+    the caller has just read them in this transaction, saves reading them again.
     """
     now = env.clock()
     if is_locked(account, now):
         decoy_check(env, code)
         audit.record(session, now, actor=account.name, action="mfa.code", subject=account.name,
                      outcome="rejected", ctx=ctx, detail={"reason": "locked"})
-        return CodeCheck(False, "locked")
+        return CodeCheck(False, "locked", locked=True)
     code = normalise_code(code)
     states = ("pending",) if pending else ("active",) if only else ("active", "pending")
-    candidates = [f for f in account_factors(session, account, *states)
-                  if is_usable(f, now) and (only is None or f.kind in only)]
+    if factors is None:
+        factors = login_factors(session, account.id)
+    candidates = [f for f in factors if f.state in states and is_usable(f, now)
+                  and (only is None or f.kind in only)]
     outcome: str | None = None
-    matched: Factor | None = None
+    matched: FactorRow | None = None
     for factor in candidates:
         if factor.kind in TOTP_KINDS:
             result = _claim_totp(session, env, factor, code, now)
@@ -179,11 +196,13 @@ def check_code(
         decoy_check(env, code)
     if matched is None:
         reason = outcome or "invalid"
-        record_failure(session, env, account, ctx, reason)
-        return CodeCheck(False, reason)
+        locked = record_failure(session, env, account, ctx, reason)
+        return CodeCheck(False, reason, locked=locked)
     record_success(session, account)
     if matched.state == "pending":
-        confirm(session, env, matched, ctx)
+        pending_factor = session.get(Factor, matched.id)
+        assert pending_factor is not None
+        confirm(session, env, pending_factor, ctx)
     audit.record(session, now, actor=account.name, action="mfa.code", subject=account.name,
                  outcome="accepted", ctx=ctx,
                  detail={"factor": matched.id, "kind": matched.kind})
