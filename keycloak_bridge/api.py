@@ -20,7 +20,6 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Security
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from keycloak_bridge.form import KeycloakForm, form_of
 from pam_unified_mfa.core import RequestContext, Step
@@ -117,14 +116,14 @@ RESPONSES = errors(401, 429, 503)
 async def begin(body: KeycloakBegin, client: Caller, rt: Rt) -> KeycloakForm:
     """Start MFA for a user whose password Keycloak has just accepted."""
     ctx = context(client, body.service, body.client_address, body.fail_mode)
-    return await _form(rt, run_in_threadpool(rt.mfa.begin, body.user, ctx))
+    return await _form(rt, rt.call(rt.mfa.begin, body.user, ctx))
 
 
 @router.post("/answer", response_model=KeycloakForm, responses=RESPONSES)
 async def answer(body: KeycloakAnswer, client: Caller, rt: Rt) -> KeycloakForm:
     """Answer the form: a code or `push`. The token sent dies; the form carries the next."""
     ctx = context(client, body.service, body.client_address, body.fail_mode)
-    return await _form(rt, run_in_threadpool(rt.mfa.answer, body.token, body.answer, ctx))
+    return await _form(rt, rt.call(rt.mfa.answer, body.token, body.answer, ctx))
 
 
 @router.post("/poll", response_model=KeycloakForm, responses=RESPONSES)

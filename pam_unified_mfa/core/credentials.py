@@ -10,11 +10,11 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-from typing import Any
+from typing import Any, NamedTuple
 
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -24,7 +24,8 @@ from pam_unified_mfa.core.context import RequestContext
 from pam_unified_mfa.core.env import Env
 from pam_unified_mfa.core.factors import token_hash
 from pam_unified_mfa.errors import AlreadyExists, AuthenticationFailed, PolicyViolation
-from pam_unified_mfa.store.models import Admin, AdminToken, ApiClient, UsedAssertion
+from pam_unified_mfa.store.models import Admin, AdminToken, ApiClient, UsedAssertion, table_of
+from pam_unified_mfa.store.prepared import PreparedQuery
 
 ASSERTION_ALGORITHMS = ["EdDSA", "ES256", "RS256"]
 ASSERTION_MAX_LIFETIME = 300
@@ -61,8 +62,21 @@ def add_client(
     return secret
 
 
-def _client(session: Session, name: str) -> ApiClient | None:
-    return session.scalars(select(ApiClient).where(ApiClient.name == name)).one_or_none()
+class ClientRow(NamedTuple):
+    id: str
+    name: str
+    secret_hash: str | None
+    public_key: str | None
+
+
+_CLIENTS = table_of(ApiClient)
+# Every call of the auth API reads its client: prepared once (store/prepared.py).
+_CLIENT_BY_NAME = PreparedQuery(select(*[_CLIENTS.c[name] for name in ClientRow._fields])
+                                .where(_CLIENTS.c.name == bindparam("name")), ClientRow._make)
+
+
+def _client(session: Session, name: str) -> ClientRow | None:
+    return _CLIENT_BY_NAME.first(session, {"name": name})
 
 
 def _basic(session: Session, env: Env, encoded: str) -> str:

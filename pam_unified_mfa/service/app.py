@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from keycloak_bridge import api as keycloak_api
 from pam_unified_mfa import __version__, portal
 from pam_unified_mfa.core import MFA
+from pam_unified_mfa.loop_calls import core_calls
 from pam_unified_mfa.service import admin_api, auth_api, device_api, errors, wait_stream
 from pam_unified_mfa.service.changes import follow_changes
 from pam_unified_mfa.service.events import ServiceEvents
@@ -102,7 +103,8 @@ def create_app(mfa: MFA, events: ServiceEvents) -> FastAPI:
     notifier = Notifier(mfa.push_endpoints, metrics)
     service = mfa.settings.service
     runtime = Runtime(mfa, waiter, metrics, notifier,
-                      RateLimiter(service.client_rate, service.client_burst))
+                      RateLimiter(service.client_rate, service.client_burst),
+                      core_calls(mfa.store.is_sqlite))
 
     def push_created(account_id: str, push_id: str) -> None:
         metrics.pushes_sent.inc()

@@ -16,7 +16,6 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from pam_unified_mfa.core import RequestContext, Step
 from pam_unified_mfa.service.clients import ClientName
@@ -96,14 +95,14 @@ RESPONSES = errors(401, 429)
 async def begin(body: BeginRequest, client: ClientName, rt: Rt) -> StepResponse:
     """Start the MFA dialogue; call only after the first factor succeeded."""
     ctx = context(client, body.service, body.client_address)
-    return step_response(rt, await run_in_threadpool(rt.mfa.begin, body.user, ctx, body.kind))
+    return step_response(rt, await rt.call(rt.mfa.begin, body.user, ctx, body.kind))
 
 
 @router.post("/answer", response_model=StepResponse, responses=RESPONSES)
 async def answer(body: AnswerRequest, client: ClientName, rt: Rt) -> StepResponse:
     """Answer the current prompt; the token of the previous step dies."""
     ctx = context(client, body.service, body.client_address)
-    return step_response(rt, await run_in_threadpool(rt.mfa.answer, body.token, body.answer, ctx))
+    return step_response(rt, await rt.call(rt.mfa.answer, body.token, body.answer, ctx))
 
 
 @router.post("/check", response_model=StepResponse, responses=RESPONSES)
@@ -112,7 +111,7 @@ async def check(body: CheckRequest, client: ClientName, rt: Rt) -> StepResponse:
     `accept`, or as `answer` would: `prompt` after a wrong code (its token may answer again),
     `reject` when no attempt is left."""
     ctx = context(client, body.service, body.client_address)
-    return step_response(rt, await run_in_threadpool(rt.mfa.authenticate_code, body.user,
+    return step_response(rt, await rt.call(rt.mfa.authenticate_code, body.user,
                                                      body.code, ctx))
 
 
@@ -120,7 +119,7 @@ async def decision(rt: Runtime, token: str, ctx: RequestContext, timeout: float)
     """Follow a login until it is no longer waiting on a push, or for `timeout` seconds; never
     past the push's deadline (then the core finds it expired)."""
     async def check() -> Step:
-        return await run_in_threadpool(rt.mfa.poll, token, ctx)
+        return await rt.call(rt.mfa.poll, token, ctx)
 
     return await until_decided(rt.waiter, await check(), check, rt.mfa.env.clock(), timeout)
 

@@ -60,7 +60,7 @@ async def client_name(secret: Annotated[str, Security(CLIENT_SECRET)],
                       rt: Annotated[Runtime, Depends(runtime)]) -> str:
     if not secret:
         raise AuthenticationFailed("client authentication required")
-    name = await run_in_threadpool(rt.mfa.authenticate_client, secret)
+    name = await rt.call(rt.mfa.authenticate_client, secret)
     if not rt.limiter.allow(name):
         raise HTTPException(429, "too many requests for this client; slow down",
                             headers={"Retry-After": "1"})

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from pam_unified_mfa.core import MFA
+from pam_unified_mfa.loop_calls import Call
 from pam_unified_mfa.service.metrics import Metrics
 from pam_unified_mfa.service.notifier import Notifier
 from pam_unified_mfa.service.ratelimit import RateLimiter
@@ -20,6 +21,11 @@ class Runtime:
     metrics: Metrics
     notifier: Notifier
     limiter: RateLimiter
+    call: Call
+    """How the adapters' endpoints (the auth API, the Keycloak bridge, client authentication)
+    make their core calls (`loop_calls`). The portals and the admin and device APIs keep worker
+    threads: their calls include password hashing and signature checks, which must not hold
+    up the loop."""
 
 
 def runtime(request: Request) -> Runtime:
