@@ -2,10 +2,11 @@
 
 The core is synchronous (SQLAlchemy). On PostgreSQL a call runs in a worker thread, so a slow
 database holds up no other request. On the embedded SQLite store it runs on the loop itself:
-its calls take a millisecond or two, writers take turns anyway (one SQLite writer at a time),
-and a thread's two hand-offs per call cost a third or more of a login's CPU (measured for
-`pamd` and for the RADIUS responder, docs/performance.md). The price, accepted for the
-embedded default: while another process holds SQLite's write lock, the loop waits with it.
+its calls take well under a millisecond, writers take turns anyway (one SQLite writer at a
+time), and a thread's two hand-offs per call cost a third or more of a login's CPU (measured for
+`pamd`, the RADIUS responder and the service's auth API, docs/performance.md). The price,
+accepted for the embedded default: while another process holds SQLite's write lock, the loop
+waits with it.
 """
 
 from __future__ import annotations
