@@ -56,25 +56,26 @@ class AccountRow(NamedTuple):
     push_blocked_until: float | None
 
 
-# Statements on every login's path are built once: building one costs more than running it.
+# Every login runs these: prepared once (store/prepared.py).
 _ACCOUNTS = table_of(Account)
+_ADMINS = table_of(Admin)
 _ROW_COLUMNS = [_ACCOUNTS.c[name] for name in AccountRow._fields]
-_ROW_BY_NAME = PreparedQuery(select(*_ROW_COLUMNS).where(_ACCOUNTS.c.kind == bindparam("kind"),
-                                                    _ACCOUNTS.c.name == bindparam("name")),
-                        AccountRow._make)
-_ROW_BY_ID = PreparedQuery(select(*_ROW_COLUMNS).where(_ACCOUNTS.c.id == bindparam("id")),
-                      AccountRow._make)
+_ROW_BY_NAME = PreparedQuery(
+    select(*_ROW_COLUMNS).where(_ACCOUNTS.c.kind == bindparam("kind"),
+                                _ACCOUNTS.c.name == bindparam("name")), AccountRow._make)
+_ROW_BY_ID = PreparedQuery(
+    select(*_ROW_COLUMNS).where(_ACCOUNTS.c.id == bindparam("id")), AccountRow._make)
 _ROW_OF_ADMIN = PreparedQuery(
-    select(*_ROW_COLUMNS).join(table_of(Admin), table_of(Admin).c.account_id == _ACCOUNTS.c.id)
-    .where(table_of(Admin).c.name == bindparam("name")), AccountRow._make)
+    select(*_ROW_COLUMNS).join(_ADMINS, _ADMINS.c.account_id == _ACCOUNTS.c.id)
+    .where(_ADMINS.c.name == bindparam("name")), AccountRow._make)
 _GROUP_ENFORCEMENTS = PreparedQuery(
     select(Group.enforcement).join(Membership, Membership.group_id == Group.id)
     .where(Membership.account_id == bindparam("account_id")), lambda row: str(row[0] or ""))
 # Groups with an enforcement are few; reading them all keeps the statement fixed (an expanding
 # IN over the directory's names would be compiled again at every login).
-_ENFORCED_GROUPS = PreparedQuery(select(Group.name, Group.enforcement)
-                            .where(Group.enforcement.is_not(None)),
-                            lambda row: (str(row[0]), str(row[1])))
+_ENFORCED_GROUPS = PreparedQuery(
+    select(Group.name, Group.enforcement).where(Group.enforcement.is_not(None)),
+    lambda row: (str(row[0]), str(row[1])))
 _BY_NAME = select(Account).where(Account.kind == bindparam("kind"),
                                  Account.name == bindparam("name"))
 

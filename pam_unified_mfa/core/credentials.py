@@ -63,6 +63,8 @@ def add_client(
 
 
 class ClientRow(NamedTuple):
+    """What a call of the auth API reads of its client (store/prepared.py says why a row)."""
+
     id: str
     name: str
     secret_hash: str | None

@@ -62,10 +62,11 @@ _CLEAR_FAILURES = Prepared(update(_ACCOUNTS)
                                   or_(_ACCOUNTS.c.failures != 0, _ACCOUNTS.c.lock_count != 0,
                                       _ACCOUNTS.c.locked_until.is_not(None)))
                            .values(failures=0, lock_count=0, locked_until=None))
-_COUNT_FAILURE = PreparedQuery(update(_ACCOUNTS).where(_ACCOUNTS.c.id == bindparam("account_id"))
-                          .values(failures=_ACCOUNTS.c.failures + 1)
-                          .returning(_ACCOUNTS.c.failures, _ACCOUNTS.c.lock_count),
-                          lambda row: (int(row[0]), int(row[1])))
+_COUNT_FAILURE = PreparedQuery(
+    update(_ACCOUNTS).where(_ACCOUNTS.c.id == bindparam("account_id"))
+    .values(failures=_ACCOUNTS.c.failures + 1)
+    .returning(_ACCOUNTS.c.failures, _ACCOUNTS.c.lock_count),
+    lambda row: (int(row[0]), int(row[1])))
 _LOCK = Prepared(update(_ACCOUNTS).where(_ACCOUNTS.c.id == bindparam("account_id"))
                  .values(failures=0, lock_count=_ACCOUNTS.c.lock_count + 1,
                          locked_until=bindparam("until")))
