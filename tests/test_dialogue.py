@@ -11,9 +11,11 @@ expire; exempt users are accepted at `begin`.
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import func, select
 
 from pam_unified_mfa.core import MFA, Outcome, RequestContext, Step
 from pam_unified_mfa.core.dialogue import MSG_DENIED, MSG_EXPIRED, MSG_WRONG
+from pam_unified_mfa.store.models import Dialogue
 from tests.conftest import FakeClock
 from tests.helpers import code_for, enroll_confirmed, login, wrong_code
 
@@ -166,6 +168,65 @@ def test_asking_for_push_without_a_push_device_counts_as_a_wrong_code(
     rejected = [e for e in mfa.audit_tail(100)
                 if e.action == "mfa.code" and e.outcome == "rejected"]
     assert len(rejected) == 1
+
+
+# -- the code checked in one call (authenticate_code: RADIUS append, POST /v1/auth/check) --------
+
+
+def dialogues_stored(mfa: MFA) -> int:
+    with mfa.store.session() as session:
+        return int(session.scalar(select(func.count()).select_from(Dialogue)) or 0)
+
+
+def test_a_code_checked_in_one_call_is_accepted_and_leaves_no_dialogue(mfa: MFA) -> None:
+    uri = enrolled(mfa)
+    assert mfa.authenticate_code("alice", code_for(mfa, uri), NAS).outcome is Outcome.ACCEPT
+    assert dialogues_stored(mfa) == 0
+
+
+def test_a_wrong_code_checked_in_one_call_prompts_with_a_token_for_the_next_try(
+        mfa: MFA) -> None:
+    uri = enrolled(mfa)
+    retry = mfa.authenticate_code("alice", wrong_code(mfa, uri), NAS)
+    assert retry.outcome is Outcome.PROMPT and retry.message.startswith(MSG_WRONG)
+    assert retry.token is not None
+    assert mfa.answer(retry.token, code_for(mfa, uri), NAS).outcome is Outcome.ACCEPT
+
+
+def test_a_wrong_code_checked_in_one_call_counts_as_the_dialogues_first_attempt(
+        mfa: MFA) -> None:
+    uri = enrolled(mfa)
+    step = mfa.authenticate_code("alice", wrong_code(mfa, uri), NAS)
+    outcomes = [step.outcome]
+    while step.token is not None:
+        step = mfa.answer(step.token, wrong_code(mfa, uri), NAS)
+        outcomes.append(step.outcome)
+    assert len(outcomes) == mfa.settings.dialogue.max_attempts
+    assert outcomes[-1] is Outcome.REJECT and step.message == MSG_DENIED
+
+
+@pytest.mark.parametrize("settings_extra", ["[dialogue]\nmax_attempts = 1"])
+def test_with_one_attempt_a_wrong_code_checked_in_one_call_is_final(mfa: MFA) -> None:
+    uri = enrolled(mfa)
+    step = mfa.authenticate_code("alice", wrong_code(mfa, uri), NAS)
+    assert step.outcome is Outcome.REJECT and step.message == MSG_DENIED
+    assert dialogues_stored(mfa) == 0
+
+
+def test_an_unknown_name_checked_in_one_call_is_prompted_again_like_a_user_s06(
+        mfa: MFA) -> None:
+    uri = enrolled(mfa)
+    unknown = mfa.authenticate_code("nobody", wrong_code(mfa, uri), NAS)
+    # As a user with codes and push would be after a wrong code.
+    assert unknown.outcome is Outcome.PROMPT and unknown.message.startswith(MSG_WRONG)
+    assert unknown.methods == ("code", "push") and unknown.token is not None
+
+
+def test_a_code_checked_in_one_call_is_refused_when_its_step_was_used_s01(mfa: MFA) -> None:
+    uri = enrolled(mfa)
+    code = code_for(mfa, uri)
+    assert mfa.authenticate_code("alice", code, NAS).outcome is Outcome.ACCEPT
+    assert mfa.authenticate_code("alice", code, NAS).outcome is Outcome.PROMPT
 
 
 # -- bypass codes ----------------------------------------------------------------------------

@@ -159,7 +159,7 @@ _PUSH_SENT = Prepared(update(_TABLE).where(_BY_ID).values(
 
 def _new_dialogue(
     session: Session, env: Env, username: str, account: AccountRow | None, ctx: RequestContext,
-    state: str, enroll_factor: str | None = None,
+    state: str, enroll_factor: str | None = None, attempts: int = 0,
 ) -> str:
     now = env.clock()
     token = secrets.token_urlsafe(TOKEN_BYTES)
@@ -167,7 +167,7 @@ def _new_dialogue(
         "id": new_id(), "token_hash": token_hash(token),
         # A name past TEXT_MAX is no user's (check_name): kept cut, it still matches no one.
         "account_id": account.id if account else None, "username": username[:TEXT_MAX],
-        "adapter": ctx.adapter, "client": ctx.client, "state": state, "attempts": 0,
+        "adapter": ctx.adapter, "client": ctx.client, "state": state, "attempts": attempts,
         "enroll_factor_id": enroll_factor,
         "expires_at": now + env.seconds(env.settings.dialogue.ttl), "created_at": now,
     })
@@ -200,24 +200,32 @@ def _decoy_reads(session: Session, now: float, directory_groups: tuple[str, ...]
         unified_in(factors)
 
 
-def begin(session: Session, env: Env, username: str, ctx: RequestContext,
-          kind: str = "user", directory_groups: tuple[str, ...] = ()) -> Step:
-    """Start MFA for someone whose first factor has just succeeded.
+@dataclass(frozen=True)
+class _Asking:
+    """`begin` will ask for a code (or a push): whom, with the factors it read and what to say.
+    `account` None is an unknown name, asked like a user with both methods (S06)."""
 
-    `directory_groups` are the groups the first factor's directory found for the user; they
-    count like stored groups for enforcement, for accounts the store knows only. An unknown
-    name gets the decoy even in an exempt directory group: directories mostly match names
-    without case, the store exactly, so `ALICE` must not escape alice's own `required`.
-    `kind="admin"` names an admin: a linked admin authenticates with the linked user's
-    factors and enforcement, any other with their own TOTP-only account (R14).
-    """
+    account: AccountRow | None
+    factors: list[FactorRow]
+    methods: tuple[str, ...]
+    suggest: bool = False
+
+    def prompt(self, token: str) -> Step:
+        return Step(Outcome.PROMPT, _prompt_text(self.methods), token, self.methods,
+                    suggest_unified=self.suggest,
+                    extra={"hint": HINT_UNIFIED} if self.suggest else {})
+
+
+def _opening(session: Session, env: Env, username: str, ctx: RequestContext, kind: str,
+             directory_groups: tuple[str, ...]) -> Step | _Asking:
+    """What `begin` decides before any dialogue exists: a finished step (exempt, locked, no
+    factor, an enrollment), or whom to ask for a code."""
     now = env.clock()
     account = login_account(session, username, kind)
     if account is None:
         # Indistinguishable from a user with both methods: every answer will be refused (S06).
         _decoy_reads(session, now, directory_groups)
-        token = _new_dialogue(session, env, username, None, ctx, "ask")
-        return Step(Outcome.PROMPT, _prompt_text(DECOY_METHODS), token, DECOY_METHODS)
+        return _Asking(None, [], DECOY_METHODS)
     policy = login_policy(session, now)
     enforcement = effective_enforcement(session, account, policy, directory_groups)
     if enforcement == "exempt":
@@ -235,11 +243,9 @@ def begin(session: Session, env: Env, username: str, ctx: RequestContext,
     # Bypass codes alone do not make an enrollment: the user still gets the QR, and the
     # enrollment step accepts a bypass code too.
     if methods and not (may_enroll and not _has_working(factors, now)):
-        token = _new_dialogue(session, env, username, account, ctx, "ask")
         suggest = (policy.mode == "unified" and account.kind == "user"
                    and not unified_in(factors))
-        return Step(Outcome.PROMPT, _prompt_text(methods), token, methods,
-                    suggest_unified=suggest, extra={"hint": HINT_UNIFIED} if suggest else {})
+        return _Asking(account, factors, methods, suggest)
     if not may_enroll:
         audit.record(session, now, actor=account.name, action="mfa.login", subject=account.name,
                      outcome="rejected", ctx=ctx, detail={"reason": "no_factor"})
@@ -256,6 +262,54 @@ def begin(session: Session, env: Env, username: str, ctx: RequestContext,
     audit.record(session, now, actor=account.name, action="factor.enroll", subject=account.name,
                  outcome="pending", ctx=ctx, detail={"kind": enrollment.kind, "reason": "at_login"})
     return Step(Outcome.ENROLL, PROMPT_ENROLL, token, ("code",), enroll_uri=enrollment.uri)
+
+
+def begin(session: Session, env: Env, username: str, ctx: RequestContext,
+          kind: str = "user", directory_groups: tuple[str, ...] = ()) -> Step:
+    """Start MFA for someone whose first factor has just succeeded.
+
+    `directory_groups` are the groups the first factor's directory found for the user; they
+    count like stored groups for enforcement, for accounts the store knows only. An unknown
+    name gets the decoy even in an exempt directory group: directories mostly match names
+    without case, the store exactly, so `ALICE` must not escape alice's own `required`.
+    `kind="admin"` names an admin: a linked admin authenticates with the linked user's
+    factors and enforcement, any other with their own TOTP-only account (R14).
+    """
+    opened = _opening(session, env, username, ctx, kind, directory_groups)
+    if isinstance(opened, Step):
+        return opened
+    return opened.prompt(_new_dialogue(session, env, username, opened.account, ctx, "ask"))
+
+
+def check_once(session: Session, env: Env, username: str, code: str, ctx: RequestContext,
+               directory_groups: tuple[str, ...] = ()) -> Step:
+    """`begin`, then `answer` with a code, as one decision: what `begin` and `answer` would
+    return, with a dialogue stored only when the code is wrong and the user may try again
+    (then its token answers the next try). An accepted code, the common case, writes no
+    dialogue at all. A reply that asks for a push is not a code: use `begin` and `answer`.
+    """
+    opened = _opening(session, env, username, ctx, "user", directory_groups)
+    if isinstance(opened, Step):
+        return opened
+    if opened.account is None:
+        decoy_check(env, code)
+        return _first_failure(session, env, username, opened, ctx)
+    result = check_code(session, env, opened.account, code, ctx, factors=opened.factors)
+    if result.accepted:
+        return Step(Outcome.ACCEPT, "Access granted")
+    if result.locked:
+        return Step(Outcome.REJECT, MSG_LOCKED)
+    return _first_failure(session, env, username, opened, ctx)
+
+
+def _first_failure(session: Session, env: Env, username: str, opened: _Asking,
+                   ctx: RequestContext) -> Step:
+    """As `_after_failure` for a dialogue that had no attempt yet."""
+    if env.settings.dialogue.max_attempts <= 1:
+        return Step(Outcome.REJECT, MSG_DENIED)
+    token = _new_dialogue(session, env, username, opened.account, ctx, "ask", attempts=1)
+    methods = opened.methods
+    return Step(Outcome.PROMPT, f"{MSG_WRONG}. {_prompt_text(methods)}", token, methods)
 
 
 def _claim(session: Session, env: Env, token: str, ctx: RequestContext,
@@ -275,6 +329,11 @@ def _claim(session: Session, env: Env, token: str, ctx: RequestContext,
     return (claimed, new_token) if claimed is not None else (None, None)
 
 
+def asks_for_push(reply: str) -> bool:
+    """Nothing, or the word `push`: the user asks for a push instead of typing a code."""
+    return reply.strip().lower() in ("", "push")
+
+
 def _same_user(dialogue: LiveDialogue, user: str | None) -> bool:
     return user is None or secrets.compare_digest(user.encode(), dialogue.username.encode())
 
@@ -292,7 +351,7 @@ def answer(session: Session, env: Env, token: str, reply: str, ctx: RequestConte
     if not _same_user(dialogue, user):
         return _finish(session, env, dialogue, Step(Outcome.REJECT, MSG_EXPIRED))
     account = account_row(session, dialogue.account_id) if dialogue.account_id else None
-    wants_push = reply.strip().lower() in ("", "push")
+    wants_push = asks_for_push(reply)
     if account is None:
         # A decoy push that nobody can approve keeps unknown users looking like real ones (S06).
         if wants_push and dialogue.state == "ask":

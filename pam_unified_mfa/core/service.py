@@ -130,16 +130,19 @@ class MFA:
     def authenticate_code(self, username: str, code: str, ctx: RequestContext, *,
                           directory_groups: tuple[str, ...] = ()) -> Step:
         """One complete check of a code, as an adapter that got it with the password would:
-        the dialogue's `begin` and `answer` in one transaction, so one commit, not two. When
+        what `begin` and then `answer` would return, in one transaction (`check_once`). When
         `begin` asks for anything but a code (an enrollment, a refusal), that step is returned
-        and the code is not used."""
+        and the code is not used; an empty reply or `push` asks for a push, as in `answer`."""
         def begin_and_answer(s: Session) -> Step:
             step = dialogue.begin(s, self.env, username, ctx, directory_groups=directory_groups)
             if step.outcome is not Outcome.PROMPT or step.token is None:
                 return step
             return dialogue.answer(s, self.env, step.token, code, ctx)
 
-        return self._guarded(ctx, begin_and_answer)
+        if dialogue.asks_for_push(code):
+            return self._guarded(ctx, begin_and_answer)
+        return self._guarded(ctx, lambda s: dialogue.check_once(
+            s, self.env, username, code, ctx, directory_groups))
 
     # -- users, groups, admins ----------------------------------------------------------------
 
