@@ -178,6 +178,10 @@ def dialogues_stored(mfa: MFA) -> int:
         return int(session.scalar(select(func.count()).select_from(Dialogue)) or 0)
 
 
+def wrong_in_one_call(mfa: MFA, uri: str, name: str = "alice") -> Step:
+    return mfa.authenticate_code(name, wrong_code(mfa, uri), NAS)
+
+
 def test_a_code_checked_in_one_call_is_accepted_and_leaves_no_dialogue(mfa: MFA) -> None:
     uri = enrolled(mfa)
     assert mfa.authenticate_code("alice", code_for(mfa, uri), NAS).outcome is Outcome.ACCEPT
@@ -187,7 +191,7 @@ def test_a_code_checked_in_one_call_is_accepted_and_leaves_no_dialogue(mfa: MFA)
 def test_a_wrong_code_checked_in_one_call_prompts_with_a_token_for_the_next_try(
         mfa: MFA) -> None:
     uri = enrolled(mfa)
-    retry = mfa.authenticate_code("alice", wrong_code(mfa, uri), NAS)
+    retry = wrong_in_one_call(mfa, uri)
     assert retry.outcome is Outcome.PROMPT and retry.message.startswith(MSG_WRONG)
     assert retry.token is not None
     assert mfa.answer(retry.token, code_for(mfa, uri), NAS).outcome is Outcome.ACCEPT
@@ -196,7 +200,7 @@ def test_a_wrong_code_checked_in_one_call_prompts_with_a_token_for_the_next_try(
 def test_a_wrong_code_checked_in_one_call_counts_as_the_dialogues_first_attempt(
         mfa: MFA) -> None:
     uri = enrolled(mfa)
-    step = mfa.authenticate_code("alice", wrong_code(mfa, uri), NAS)
+    step = wrong_in_one_call(mfa, uri)
     outcomes = [step.outcome]
     while step.token is not None:
         step = mfa.answer(step.token, wrong_code(mfa, uri), NAS)
@@ -208,7 +212,7 @@ def test_a_wrong_code_checked_in_one_call_counts_as_the_dialogues_first_attempt(
 @pytest.mark.parametrize("settings_extra", ["[dialogue]\nmax_attempts = 1"])
 def test_with_one_attempt_a_wrong_code_checked_in_one_call_is_final(mfa: MFA) -> None:
     uri = enrolled(mfa)
-    step = mfa.authenticate_code("alice", wrong_code(mfa, uri), NAS)
+    step = wrong_in_one_call(mfa, uri)
     assert step.outcome is Outcome.REJECT and step.message == MSG_DENIED
     assert dialogues_stored(mfa) == 0
 
@@ -216,7 +220,7 @@ def test_with_one_attempt_a_wrong_code_checked_in_one_call_is_final(mfa: MFA) ->
 def test_an_unknown_name_checked_in_one_call_is_prompted_again_like_a_user_s06(
         mfa: MFA) -> None:
     uri = enrolled(mfa)
-    unknown = mfa.authenticate_code("nobody", wrong_code(mfa, uri), NAS)
+    unknown = wrong_in_one_call(mfa, uri, "nobody")
     # As a user with codes and push would be after a wrong code.
     assert unknown.outcome is Outcome.PROMPT and unknown.message.startswith(MSG_WRONG)
     assert unknown.methods == ("code", "push") and unknown.token is not None
