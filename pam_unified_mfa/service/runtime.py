@@ -24,8 +24,8 @@ class Runtime:
     call: Call
     """How the adapters' endpoints (the auth API, the Keycloak bridge, client authentication)
     make their core calls (`loop_calls`). The portals and the admin and device APIs keep worker
-    threads: their calls include password hashing and signature checks, which must not hold
-    up the loop."""
+    threads: the portals hash passwords (argon2id, tens of milliseconds), which must not hold
+    up the loop, and none of them is on a login's path."""
 
 
 def runtime(request: Request) -> Runtime:
