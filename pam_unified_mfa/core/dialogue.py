@@ -30,11 +30,11 @@ from pam_unified_mfa.core.factors import (
     BYPASS,
     PROTECT_PUSH,
     TOTP_KINDS,
-    WORKING_KINDS,
     FactorRow,
     _resolve_kind,
     create_enrollment,
     is_usable,
+    is_working,
     login_factors,
     token_hash,
     unified_in,
@@ -113,8 +113,7 @@ def _methods(factors: list[FactorRow], now: float) -> tuple[str, ...]:
 def _has_working(factors: list[FactorRow], now: float) -> bool:
     """Confirmed push/TOTP only: a user who may enroll gets a fresh QR at every login until
     one is confirmed, even if an earlier one was shown and abandoned."""
-    return any(f.kind in WORKING_KINDS and f.state == "active" and is_usable(f, now)
-               for f in factors)
+    return any(is_working(f, now) for f in factors)
 
 
 def _prompt_text(methods: tuple[str, ...]) -> str:
@@ -308,8 +307,7 @@ def _first_failure(session: Session, env: Env, username: str, opened: _Asking,
     if env.settings.dialogue.max_attempts <= 1:
         return Step(Outcome.REJECT, MSG_DENIED)
     token = _new_dialogue(session, env, username, opened.account, ctx, "ask", attempts=1)
-    methods = opened.methods
-    return Step(Outcome.PROMPT, f"{MSG_WRONG}. {_prompt_text(methods)}", token, methods)
+    return _retry(token, opened.methods)
 
 
 def _claim(session: Session, env: Env, token: str, ctx: RequestContext,
@@ -375,8 +373,11 @@ def _after_failure(session: Session, env: Env, dialogue: LiveDialogue, token: st
     if dialogue.attempts + 1 >= env.settings.dialogue.max_attempts:
         return _finish(session, env, dialogue, Step(Outcome.REJECT, MSG_DENIED))
     _COUNT_ATTEMPT.run(session, {"b_id": dialogue.id})
-    if dialogue.state == "enroll":
-        methods = ("code",)
+    return _retry(token, ("code",) if dialogue.state == "enroll" else methods)
+
+
+def _retry(token: str, methods: tuple[str, ...]) -> Step:
+    """The prompt after a wrong answer, with the dialogue's next token."""
     return Step(Outcome.PROMPT, f"{MSG_WRONG}. {_prompt_text(methods)}", token, methods)
 
 

@@ -130,10 +130,12 @@ def working_factors(session: Session, account: Account, now: float) -> list[Fact
 
     Bypass codes do not count: they are single-use and expire.
     """
-    return [
-        f for f in account_factors(session, account, "active")
-        if f.kind in WORKING_KINDS and is_usable(f, now)
-    ]
+    return [f for f in account_factors(session, account, "active") if is_working(f, now)]
+
+
+def is_working(factor: Factor | FactorRow, now: float) -> bool:
+    """A confirmed, usable push or TOTP factor (not a bypass code)."""
+    return factor.state == "active" and factor.kind in WORKING_KINDS and is_usable(factor, now)
 
 
 def view(factor: Factor) -> FactorView:
