@@ -21,6 +21,7 @@ from pyrad import packet
 
 from pam_unified_mfa.core import MFA, Outcome, Step
 from pam_unified_mfa.core.context import RequestContext
+from pam_unified_mfa.core.dialogue import asks_for_push
 from pam_unified_mfa.loop_calls import Call, in_thread
 from pam_unified_mfa.service.waiter import Waiter, until_decided
 from radius.clients import Client
@@ -100,7 +101,7 @@ class Responder:
         Only Enter (or `push`) needs to know whether a push is pending; a code goes straight
         to the core, which checks it whatever the dialogue waits for.
         """
-        if typed.strip().lower() not in ("", "push"):
+        if not asks_for_push(typed):
             return await self.call(self.mfa.answer, token, typed, ctx, user)
         step = await self.call(self.mfa.poll, token, ctx, user)
         if step.outcome is Outcome.PUSH_PENDING:
@@ -120,7 +121,7 @@ class Responder:
         if not first.ok:
             return None
         if client.mode == "append":
-            if second.strip().lower() in ("", "push"):
+            if asks_for_push(second):
                 return Step(Outcome.REJECT, MSG_APPEND_PUSH)
             return await self.call(self.mfa.authenticate_code, user, second, ctx,
                                    directory_groups=first.groups)
