@@ -375,3 +375,9 @@ def test_directory_groups_do_not_exempt_an_admin_account(mfa: MFA) -> None:
     mfa.set_enforcement("vpn-exempt", "exempt", group=True)
     step = mfa.begin("boss", NAS, kind="admin", directory_groups=("vpn-exempt",))
     assert step.outcome is not Outcome.ACCEPT
+
+
+def test_a_name_holding_a_nul_gets_the_unknown_users_prompt_s06(mfa: MFA) -> None:
+    enrolled(mfa)
+    step = mfa.begin("alice\x00", RequestContext(adapter="radius", client="nas\x00"))
+    assert step.outcome is Outcome.PROMPT and step.methods == ("code", "push")

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from pam_unified_mfa.errors import ConfigError, StoreUnavailable
 from pam_unified_mfa.store import Store
 from pam_unified_mfa.store.database import normalise_url
-from pam_unified_mfa.store.models import Base
+from pam_unified_mfa.store.models import Account, Base
 
 
 def test_migrations_create_exactly_the_model_schema(store_url: str) -> None:
@@ -84,3 +84,13 @@ def test_sqlite_store_file_is_readable_by_its_owner_only(tmp_path: Path) -> None
     store.migrate()
     store.dispose()
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_name_holding_a_nul_matches_no_row_instead_of_failing(store_url: str) -> None:
+    # PostgreSQL's text refuses NUL; a hostile peer sends one in a user name.
+    store = Store(store_url)
+    store.migrate()
+    with store.session() as session:
+        found = session.scalars(select(Account).where(Account.name == "alice\x00")).all()
+    store.dispose()
+    assert found == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,34 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+_NUL = "\x00"
+_REPLACEMENT = "\ufffd"
+
+
+def _nul_free(value: Any) -> Any:
+    return value.replace(_NUL, _REPLACEMENT) if isinstance(value, str) else value
+
+
+def nul_free(parameters: Any) -> Any:
+    """Statement parameters as PostgreSQL can take them: its text type refuses NUL, which only
+    a hostile peer sends (a user name in a RADIUS packet, a form field). No name, client or
+    service the store keeps holds one, so U+FFFD in its place matches what the NUL would have
+    matched, nothing, and the request gets its ordinary answer instead of a database error.
+    Parameters without a NUL, nearly all, are returned as they are."""
+    if isinstance(parameters, Mapping):
+        if not any(isinstance(v, str) and _NUL in v for v in parameters.values()):
+            return parameters
+        return {key: _nul_free(value) for key, value in parameters.items()}
+    if isinstance(parameters, (list, tuple)) and parameters and isinstance(parameters[0], Mapping):
+        return [nul_free(each) for each in parameters]  # executemany
+    return parameters
+
+
+def _nul_free_statement(_connection: Any, _cursor: Any, statement: str, parameters: Any,
+                        _context: Any, _executemany: bool) -> tuple[str, Any]:
+    return statement, nul_free(parameters)
+
+
 def _create_private(path: str | None) -> None:
     """Create the SQLite file readable by its owner only; its WAL files inherit the mode."""
     if not path or path == ":memory:":
@@ -74,6 +102,9 @@ class Store:
         if self.is_sqlite:
             _create_private(self.engine.url.database)
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            event.listen(self.engine, "before_cursor_execute", _nul_free_statement,
+                         retval=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time. Threads of one process that race for it meet
         # SQLITE_BUSY, and SQLite's busy handler then sleeps (1, 2, 5 … up to 100 ms) before it

@@ -23,11 +23,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
+from pam_unified_mfa.store.database import nul_free
+
 RowT = TypeVar("RowT")
 
 
 class _Compiled:
-    __slots__ = ("defaults", "order", "sql")
+    __slots__ = ("defaults", "nul_free", "order", "sql")
 
     def __init__(self, statement: Executable, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
@@ -35,9 +37,12 @@ class _Compiled:
         self.defaults: dict[str, Any] = dict(compiled.params)  # literal values in the statement
         order = compiled.positiontup
         self.order: tuple[str, ...] | None = tuple(order) if order is not None else None
+        self.nul_free = dialect.name == "postgresql"  # as the store's engine does (database.py)
 
     def parameters(self, given: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
         values = {**self.defaults, **given} if self.defaults else given
+        if self.nul_free:
+            values = nul_free(values)
         if self.order is None:
             return values
         return tuple(values[name] for name in self.order)
