@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -215,6 +216,7 @@ def run(home: Path, store: str | None, listen: str | None) -> int:
                              sock, parse_duration(settings.radius.reply_cache), stop)
         log.info("radius: stopped; dropped: %s", dict(server.dropped) or "none")
 
+    gc.freeze()  # what start-up made lives as long as the process: out of every collection
     try:
         asyncio.run(main())
     finally:

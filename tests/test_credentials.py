@@ -12,7 +12,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from pam_unified_mfa.core import MFA
-from pam_unified_mfa.core.credentials import auth_audience
+from pam_unified_mfa.core.credentials import (
+    SECRET_MEMORY_SECONDS,
+    VerifiedSecrets,
+    auth_audience,
+)
 from pam_unified_mfa.errors import AlreadyExists, AuthenticationFailed
 from tests.conftest import FakeClock
 from tests.helpers import Device
@@ -61,6 +65,42 @@ def test_unknown_client_is_refused_like_a_wrong_secret(mfa: MFA) -> None:
     with pytest.raises(AuthenticationFailed) as wrong:
         mfa.authenticate_client(basic("vpn-gw", "x"))
     assert str(unknown.value) == str(wrong.value)
+
+
+def _delete_clients(mfa: MFA) -> None:
+    with mfa.store.engine.begin() as connection:
+        connection.exec_driver_sql("DELETE FROM api_clients")
+
+
+def test_a_verified_secret_is_remembered_for_seconds_not_longer(mfa: MFA,
+                                                                clock: FakeClock) -> None:
+    secret = mfa.add_client("vpn-gw")
+    assert secret is not None
+    header = basic("vpn-gw", secret)
+    mfa.authenticate_client(header)
+    _delete_clients(mfa)
+    clock.advance(SECRET_MEMORY_SECONDS - 1)
+    assert mfa.authenticate_client(header) == "vpn-gw"
+    clock.advance(1)
+    with pytest.raises(AuthenticationFailed):
+        mfa.authenticate_client(header)
+
+
+def test_a_signed_assertion_is_never_remembered(mfa: MFA) -> None:
+    key = Ed25519PrivateKey.generate()
+    mfa.add_client("keycloak", pem(key))
+    mfa.authenticate_client(assertion(mfa, key, "keycloak"))
+    _delete_clients(mfa)
+    with pytest.raises(AuthenticationFailed):
+        mfa.authenticate_client(assertion(mfa, key, "keycloak"))
+
+
+def test_remembered_secrets_stay_bounded() -> None:
+    remembered = VerifiedSecrets()
+    for n in range(VerifiedSecrets.MAX_ENTRIES + 1):
+        remembered.remember(basic("gw", str(n)), "gw", now=0.0)
+    assert remembered.get(basic("gw", str(VerifiedSecrets.MAX_ENTRIES)), now=1.0) == "gw"
+    assert remembered.get(basic("gw", "0"), now=1.0) is None
 
 
 def test_client_names_are_unique(mfa: MFA) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import secrets
+import threading
 from typing import Any, NamedTuple
 
 import jwt
@@ -29,6 +31,7 @@ from pam_unified_mfa.store.prepared import PreparedQuery
 
 ASSERTION_ALGORITHMS = ["EdDSA", "ES256", "RS256"]
 ASSERTION_MAX_LIFETIME = 300
+SECRET_MEMORY_SECONDS = 10.0
 _REFUSED = "client authentication failed"
 
 
@@ -128,13 +131,55 @@ def _assertion(session: Session, env: Env, token: str) -> str:
     return client.name
 
 
+def _scheme(authorization: str) -> tuple[str, str]:
+    scheme, _, value = authorization.strip().partition(" ")
+    return scheme.lower(), value.strip()
+
+
+class VerifiedSecrets:
+    """Basic client secrets this process verified in the last `SECRET_MEMORY_SECONDS`.
+
+    A gateway sends the same header with every request; reading its client and checking the
+    keyed hash was about a fifth of an auth API call's CPU. Only a success is remembered, under a
+    SHA-256 of the header (never the secret itself), so a wrong secret is checked every time
+    and costs what it did. The price, documented for admins (docs/api.md): a client whose
+    secret was changed or removed in the store may keep working for up to that long on a
+    process that verified it just before. Signed assertions are single-use and never remembered.
+    """
+
+    MAX_ENTRIES = 4096
+
+    def __init__(self) -> None:
+        self._until: dict[bytes, tuple[float, str]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(authorization: str) -> bytes:
+        return hashlib.sha256(authorization.encode("utf-8", "surrogatepass")).digest()
+
+    def get(self, authorization: str, now: float) -> str | None:
+        """The client name, if this header was verified recently; else None."""
+        found = self._until.get(self._key(authorization))
+        if found is None or found[0] <= now:
+            return None
+        return found[1]
+
+    def remember(self, authorization: str, name: str, now: float) -> None:
+        if _scheme(authorization)[0] != "basic":
+            return
+        with self._lock:
+            if len(self._until) >= self.MAX_ENTRIES:
+                self._until.clear()  # a flood of distinct valid headers: start over
+            self._until[self._key(authorization)] = (now + SECRET_MEMORY_SECONDS, name)
+
+
 def authenticate_client(session: Session, env: Env, authorization: str) -> str:
     """The client name for an `Authorization` header: Basic secret or Bearer assertion."""
-    scheme, _, value = authorization.strip().partition(" ")
-    if scheme.lower() == "basic" and value:
-        return _basic(session, env, value.strip())
-    if scheme.lower() == "bearer" and value:
-        return _assertion(session, env, value.strip())
+    scheme, value = _scheme(authorization)
+    if scheme == "basic" and value:
+        return _basic(session, env, value)
+    if scheme == "bearer" and value:
+        return _assertion(session, env, value)
     raise AuthenticationFailed(_REFUSED)
 
 

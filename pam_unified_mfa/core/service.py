@@ -65,6 +65,7 @@ class MFA:
         self.store = store
         self.home = home
         """The home it was opened from: relative paths in the settings are inside it."""
+        self._verified_secrets = credentials.VerifiedSecrets()
 
     @classmethod
     def open(
@@ -369,8 +370,15 @@ class MFA:
             return credentials.add_client(s, self.env, name, public_key_pem, ctx, actor)
 
     def authenticate_client(self, authorization: str) -> str:
-        with self._tx() as s:
-            return credentials.authenticate_client(s, self.env, authorization)
+        """The API client's name; a Basic secret verified moments ago is not checked again
+        (`credentials.VerifiedSecrets`)."""
+        now = self.env.clock()
+        name = self._verified_secrets.get(authorization, now)
+        if name is None:
+            with self._tx() as s:
+                name = credentials.authenticate_client(s, self.env, authorization)
+            self._verified_secrets.remember(authorization, name, now)
+        return name
 
     def issue_admin_token(self, admin_name: str, ttl_seconds: float | None = None,
                           actor: str = "cli", ctx: RequestContext = CLI) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -218,6 +219,7 @@ def run(home: Path, store: str | None, socket_path: Path) -> int:
         try:
             where = "the activated socket" if created is None else str(socket_path)
             call = core_calls(local is not None and local.store.is_sqlite)
+            gc.freeze()  # what start-up made lives as long as the process: out of every collection
             asyncio.run(_main(mfa, settings, listener, where, call, local))
         finally:
             listener.close()

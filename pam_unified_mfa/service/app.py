@@ -42,8 +42,8 @@ class Health(BaseModel):
 def build_app(lifespan: Any = None) -> FastAPI:
     app = FastAPI(title="Unified MFA", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan)
-    app.include_router(device_api.router)
     app.include_router(auth_api.router)
+    app.include_router(device_api.router)
     app.include_router(wait_stream.router)
     app.include_router(keycloak_api.router)
     app.include_router(admin_api.router)

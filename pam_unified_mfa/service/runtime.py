@@ -28,8 +28,9 @@ class Runtime:
     up the loop, and none of them is on a login's path."""
 
 
-def runtime(request: Request) -> Runtime:
-    """FastAPI dependency: the running service's `Runtime`."""
+async def runtime(request: Request) -> Runtime:
+    """FastAPI dependency: the running service's `Runtime`. A coroutine because FastAPI runs a
+    plain function dependency in a worker thread, a hand-off per request for one attribute."""
     value: Runtime = request.app.state.runtime
     return value
 

@@ -7,6 +7,7 @@ is true: push approvals and codes must not cross a network in clear by accident.
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import logging
 import socket
@@ -134,6 +135,7 @@ def run(mfa_home: Path | None, store: str | None, listen: str | None) -> int:
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     print(f"unified-mfa: listening on {'https' if tls else 'http'}://{shown}:{bound_port}; "
           f"devices enroll at {settings.public_url}", flush=True)
+    gc.freeze()  # what start-up made lives as long as the process: out of every collection
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
