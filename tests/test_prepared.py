@@ -67,6 +67,31 @@ def test_a_change_is_undone_with_the_transaction_that_failed(store: Store) -> No
         assert BY_NAME.first(session, {"name": "alice"}) is None
 
 
+def _alice_by_orm() -> Account:
+    return Account(id="a2", kind="user", name="alice-orm", failures=0, lock_count=0,
+                   created_at=0.0)
+
+
+def test_orm_changes_and_prepared_statements_commit_as_one_transaction(store: Store) -> None:
+    with store.session() as session:
+        ADD.run(session, {"id": "a1", "name": "alice"})
+        session.add(_alice_by_orm())
+    with store.session() as session:
+        assert BY_NAME.first(session, {"name": "alice"}) == Named("a1", "alice")
+        assert session.get(Account, "a2") is not None
+
+
+def test_orm_changes_and_prepared_statements_are_undone_together(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.session() as session:
+        session.add(_alice_by_orm())
+        session.flush()
+        ADD.run(session, {"id": "a1", "name": "alice"})
+        raise RuntimeError("the caller fails after both")
+    with store.session() as session:
+        assert BY_NAME.first(session, {"name": "alice"}) is None
+        assert session.get(Account, "a2") is None
+
+
 def test_run_says_how_many_rows_changed(store: Store) -> None:
     rename = Prepared(ACCOUNTS.update().where(ACCOUNTS.c.name == bindparam("old"))
                       .values(name=bindparam("new")))

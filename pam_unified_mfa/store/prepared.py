@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
-from pam_unified_mfa.store.database import nul_free
+from pam_unified_mfa.store.database import CONNECTION, nul_free
 
 RowT = TypeVar("RowT")
 
@@ -59,7 +59,7 @@ class Prepared:
 
     def _cursor(self, session: Session, given: Mapping[str, Any]) -> Any:
         session.flush()  # autoflush (nothing to do, and cheap, when nothing is pending)
-        connection = session.connection()
+        connection = session.info.get(CONNECTION) or session.connection()
         dialect = connection.dialect
         compiled = self._by_dialect.get(dialect.name)
         if compiled is None:
