@@ -114,7 +114,8 @@ class Store:
         else:
             event.listen(self.engine, "before_cursor_execute", _nul_free_statement,
                          retval=True)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Bound per transaction to its connection (`_transaction`), never to the engine.
+        self._sessions = sessionmaker(expire_on_commit=False, join_transaction_mode="rollback_only")
         # SQLite has one writer at a time. Threads of one process that race for it meet
         # SQLITE_BUSY, and SQLite's busy handler then sleeps (1, 2, 5 … up to 100 ms) before it
         # retries: under load most of a transaction's time went to those sleeps. Taking turns
@@ -149,7 +150,7 @@ class Store:
         try:
             connection = self.engine.connect()
             connection.begin()
-            session = self._sessions(bind=connection, join_transaction_mode="rollback_only")
+            session = self._sessions(bind=connection)
             session.info[CONNECTION] = connection
             yield session
             if session.in_transaction():

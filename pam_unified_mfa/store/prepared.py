@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
@@ -59,7 +59,7 @@ class Prepared:
 
     def _cursor(self, session: Session, given: Mapping[str, Any]) -> Any:
         session.flush()  # autoflush (nothing to do, and cheap, when nothing is pending)
-        connection = session.info.get(CONNECTION) or session.connection()
+        connection: Connection = session.info[CONNECTION]  # every store session has one
         dialect = connection.dialect
         compiled = self._by_dialect.get(dialect.name)
         if compiled is None:
