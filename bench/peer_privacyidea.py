@@ -1,9 +1,10 @@
 """TOTP validations per second through privacyIDEA's `/validate/check` and through our auth API,
 same machine, same run, same store type (SQLite).
 
-What is measured: one load generator (this process, asyncio with httpx, --concurrency requests'
-worth of validations in flight) drives both servers the same way, one after the other and then
-again (--runs, interleaved), each for --warmup uncounted seconds and a --seconds window:
+What is measured: one load generator (this process, on uvloop with lean_http's client, which
+takes a tenth of httpx's CPU per request; --concurrency requests' worth of validations in
+flight) drives both servers the same way, one after the other and then again (--runs,
+interleaved), each for --warmup uncounted seconds and a --seconds window:
 
 - **privacyIDEA** (the PyPI package, pinned below) under gunicorn with 2 sync workers
   (--their-workers) on 127.0.0.1, on an SQLite database, as its own tools set it up:
@@ -72,18 +73,25 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
+import uvloop
 
 from pam_unified_mfa import totp
 from pam_unified_mfa.core import MFA
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from push_pending import (  # sibling benches, found through the line above
+from lean_http import (  # sibling modules, found through the line above
+    Client,
+    LeanClient,
+    LeanHTTPError,
+    Spread,
+)
+from push_pending import (
     BenchFailure,
     Service,
     _die_with_parent,
-    api_client,
     cpu_seconds,
     free_port,
     machine_line,
@@ -265,13 +273,13 @@ def running_gunicorn(venv: Path, work: Path, env: dict[str, str],
 # -- the validations, one check per side ------------------------------------------------------
 
 
-def their_check(client: httpx.AsyncClient) -> Check:
+def their_check(client: Client) -> Check:
     """privacyIDEA's validation: one request with the user and the code (the PIN is empty)."""
     async def check(user: TotpUser, code: str) -> str | None:
-        reply = await client.post("/validate/check",
-                                  data={"user": user.name, "realm": REALM, "pass": code})
-        if reply.status_code != 200:
-            return f"HTTP {reply.status_code}"
+        form = urlencode({"user": user.name, "realm": REALM, "pass": code}).encode()
+        reply = await client.post("/validate/check", form, "application/x-www-form-urlencoded")
+        if reply.status != 200:
+            return f"HTTP {reply.status}"
         result = reply.json().get("result", {})
         if result.get("value") is not True:
             return str(reply.json().get("detail", {}).get("message", result))[:80]
@@ -280,29 +288,29 @@ def their_check(client: httpx.AsyncClient) -> Check:
     return check
 
 
-def our_check(client: httpx.AsyncClient, calls: str = "check") -> Check:
+def our_check(client: Client, calls: str = "check") -> Check:
     """Ours, as a remote adapter makes it: `POST /v1/auth/check` with the user and the code
     (the counterpart of /validate/check), or with `calls="begin-answer"` the two-step dialogue
     an adapter that prompts makes: `begin` (a prompt), then `answer` with the code."""
     async def one_call(user: TotpUser, code: str) -> str | None:
-        reply = await client.post("/v1/auth/check", json={
+        reply = await client.post_json("/v1/auth/check", {
             "user": user.name, "code": code, "service": "bench"})
-        if reply.status_code != 200:
-            return f"check: HTTP {reply.status_code}"
+        if reply.status != 200:
+            return f"check: HTTP {reply.status}"
         outcome = reply.json()["outcome"]
         return None if outcome == "accept" else f"check: {outcome}"
 
     async def two_calls(user: TotpUser, code: str) -> str | None:
-        reply = await client.post("/v1/auth/begin", json={"user": user.name, "service": "bench"})
-        if reply.status_code != 200:
-            return f"begin: HTTP {reply.status_code}"
+        reply = await client.post_json("/v1/auth/begin", {"user": user.name, "service": "bench"})
+        if reply.status != 200:
+            return f"begin: HTTP {reply.status}"
         step = reply.json()
         if step["outcome"] != "prompt":
             return f"begin: {step['outcome']}"
-        reply = await client.post("/v1/auth/answer", json={
+        reply = await client.post_json("/v1/auth/answer", {
             "token": step["token"], "answer": code, "service": "bench"})
-        if reply.status_code != 200:
-            return f"answer: HTTP {reply.status_code}"
+        if reply.status != 200:
+            return f"answer: HTTP {reply.status}"
         outcome = reply.json()["outcome"]
         return None if outcome == "accept" else f"answer: {outcome}"
 
@@ -394,7 +402,7 @@ async def drive(check: Check, pool: Pool, concurrency: int, warmup: float, secon
             started = time.perf_counter()
             try:
                 why = await check(user, code)
-            except (httpx.HTTPError, ValueError, KeyError) as exc:  # ValueError: not JSON
+            except (LeanHTTPError, ValueError, KeyError) as exc:  # ValueError: not JSON
                 why = type(exc).__name__
             if why is not None:
                 result.failures[why] += 1
@@ -436,9 +444,9 @@ class Side:
     """One server as the generator drives it."""
 
     label: str
-    base: str
+    bases: tuple[str, ...]  # several: requests go to each in turn
     auth: str | None  # the Authorization header, if the server wants one
-    make_check: Callable[[httpx.AsyncClient], Check]
+    make_check: Callable[[Client], Check]
     pool: Pool
     pids: Callable[[], list[int]]  # the processes whose CPU is the server's
 
@@ -446,37 +454,53 @@ class Side:
         result = Window(self.label, run)
 
         async def go() -> None:
-            async with api_client(self.base, self.auth, args.concurrency) as client:
+            client = self.client()
+            try:
                 await drive(self.make_check(client), self.pool, args.concurrency, args.warmup,
                             args.seconds, self.pids, result)
+            finally:
+                client.close()
 
-        asyncio.run(go())
+        uvloop.run(go())
         return result
+
+    def client(self) -> Client:
+        headers = {"Authorization": self.auth} if self.auth else None
+        clients = [LeanClient(base, headers) for base in self.bases]
+        return clients[0] if len(clients) == 1 else Spread(clients)
 
     def check_refusal(self) -> None:
         """A wrong code must be refused: a server that took anything would be timed doing
         less than a validation."""
         async def go() -> str | None:
-            async with api_client(self.base, self.auth, 1) as client:
+            client = self.client()
+            try:
                 user = self.pool.users[0]
                 return await self.make_check(client)(user, wrong_code(user))
+            finally:
+                client.close()
 
-        if asyncio.run(go()) is None:
+        if uvloop.run(go()) is None:
             raise BenchFailure(f"{self.label}: a wrong code was accepted")
 
 
 # -- report -----------------------------------------------------------------------------------
 
 
-def machine_lines(venv: Path, workers: int, our_calls: str) -> list[str]:
+def machine_lines(venv: Path, workers: int, our_calls: str, processes: int) -> list[str]:
     ours = ", ".join(f"{p} {package_version(p)}" for p in
-                     ("uvicorn", "fastapi", "SQLAlchemy", "httpx"))
+                     ("uvicorn", "fastapi", "SQLAlchemy"))
     return [machine_line(),
             f"theirs: {their_versions(venv)}; gunicorn with {workers} sync workers",
-            f"ours: {ours}, SQLite {sqlite3.sqlite_version}; one process; a validation is "
+            f"ours: {ours}, SQLite {sqlite3.sqlite_version}; "
+            + ("one serve process" if processes == 1 else
+               f"{processes} serve processes on one home, each on its own port, requests sent "
+               "to each in turn")
+            + "; a validation is "
             + ("one POST /v1/auth/check" if our_calls == "check"
                else "POST /v1/auth/begin, then /v1/auth/answer"),
-            "the load generator (this process) and the servers share the machine's CPUs"]
+            f"the load generator (this process: uvloop {package_version('uvloop')}, httptools "
+            f"{package_version('httptools')}) and the servers share the machine's CPUs"]
 
 
 def table(windows: Sequence[Window]) -> list[str]:
@@ -529,7 +553,7 @@ def summary(windows: Sequence[Window]) -> list[str]:
 def measure(args: argparse.Namespace, work: Path) -> bool:
     """Set up both, run the interleaved windows, print; True when every figure is valid."""
     venv = privacyidea_venv(args.cache)
-    for line in machine_lines(venv, args.their_workers, args.our_calls):
+    for line in machine_lines(venv, args.their_workers, args.our_calls, args.our_processes):
         print(line, flush=True)
     port = free_port()
     home = make_home(work, port)  # raises [service] client_rate, among others
@@ -549,13 +573,18 @@ def measure(args: argparse.Namespace, work: Path) -> bool:
           f"{time.monotonic() - started:.1f} s", flush=True)
 
     windows: list[Window] = []
-    service = Service(home, f"http://127.0.0.1:{port}", "bench")
+    services: list[Service] = []
     try:
-        service.wait_healthy(START_TIMEOUT)
+        for n in range(args.our_processes):  # the first on the public URL's port
+            listen = f"127.0.0.1:{port if n == 0 else free_port()}"
+            services.append(Service(home, f"http://{listen}", f"bench{n}", listen))
+        for service in services:
+            service.wait_healthy(START_TIMEOUT)
         with running_gunicorn(venv, work / "privacyidea", env, args.their_workers) as gunicorn:
-            sides = [Side(THEIRS, gunicorn.url, None, their_check, theirs, gunicorn.pids),
-                     Side(OURS, service.url, auth, partial(our_check, calls=args.our_calls),
-                          ours, lambda: [service.pid])]
+            sides = [Side(THEIRS, (gunicorn.url,), None, their_check, theirs, gunicorn.pids),
+                     Side(OURS, tuple(s.url for s in services), auth,
+                          partial(our_check, calls=args.our_calls), ours,
+                          lambda: [s.pid for s in services])]
             for side in sides:
                 side.check_refusal()
             # What set-up made (the users, their codes' state) lives to the end: out of the
@@ -570,10 +599,14 @@ def measure(args: argparse.Namespace, work: Path) -> bool:
                     windows.append(side.window(run, args))
                     print(table(windows[-1:])[-1], flush=True)
     finally:
-        service.stop()
+        for service in services:
+            service.stop()
     print()
     print("\n".join(summary(windows)))
-    statuses, tracebacks = service.log_summary()
+    statuses, tracebacks = Counter[str](), 0
+    for service in services:
+        more, traces = service.log_summary()
+        statuses, tracebacks = statuses + more, tracebacks + traces
     bad = {k: v for k, v in statuses.items() if not k.startswith("2")}
     print(f"serve's log: {sum(statuses.values()):,} requests; not 2xx: {bad or 'none'}; "
           f"tracebacks: {tracebacks}")
@@ -601,6 +634,9 @@ def main() -> int:
                         help="our validation: one /v1/auth/check, or begin then answer")
     parser.add_argument("--their-workers", type=int, default=2,
                         help="gunicorn's sync workers for privacyIDEA (default 2)")
+    parser.add_argument("--our-processes", type=int, default=1,
+                        help="serve processes on our one home, each on its own port, "
+                        "requests sent to each in turn (default 1)")
     parser.add_argument("--cache", type=Path, default=default_cache(),
                         help="where privacyIDEA's virtual environment is kept")
     parser.add_argument("--keep", action="store_true",

@@ -198,12 +198,13 @@ def cpu_seconds(pid: int) -> float:
 class Service:
     """`unified-mfa serve` on the bench home; its output goes to a log file in the home."""
 
-    def __init__(self, home: Path, url: str, name: str) -> None:
+    def __init__(self, home: Path, url: str, name: str, listen: str | None = None) -> None:
         self.url = url
         self.log_path = home / f"serve-{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [console_script("unified-mfa"), "--home", str(home), "serve"],
+            [console_script("unified-mfa"), "--home", str(home), "serve",
+             *(["--listen", listen] if listen else [])],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, preexec_fn=_die_with_parent,
         )
