@@ -18,14 +18,19 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Security
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from keycloak_bridge.form import KeycloakForm, form_of
 from pam_unified_mfa.core import RequestContext, Step
 from pam_unified_mfa.errors import AuthenticationFailed
 from pam_unified_mfa.service.auth_api import decision
-from pam_unified_mfa.service.clients import CLIENT_ASSERTION, client_name
+from pam_unified_mfa.service.clients import (
+    CLIENT_ASSERTION,
+    authorization,
+    check_client,
+    secured_by,
+)
 from pam_unified_mfa.service.errors import errors
 from pam_unified_mfa.service.runtime import Runtime, runtime
 
@@ -77,18 +82,20 @@ class KeycloakPoll(BaseModel):
 Rt = Annotated[Runtime, Depends(runtime)]
 
 
-async def keycloak_client(header: Annotated[str, Security(CLIENT_ASSERTION)], rt: Rt) -> str:
-    """The calling client's name, checked by the auth API's own `client_name` (signature,
+@secured_by(CLIENT_ASSERTION)
+async def keycloak_client(request: Request) -> str:
+    """The calling client's name, checked as the auth API checks its clients (signature,
     audience, expiry, single-use jti, rate limit), but for a Bearer assertion only.
 
     With the store unreachable the caller cannot be verified (its key and the used jtis live
     there): that is a 503, and the authenticator applies its own fail mode (S07), as for a
     service that does not answer at all.
     """
+    header = authorization(request)
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         raise AuthenticationFailed(_SIGNED_ONLY)
-    return await client_name(header, header, rt)
+    return await check_client(request.app.state.runtime, header)
 
 
 Caller = Annotated[str, Depends(keycloak_client)]

@@ -23,6 +23,7 @@ from pam_unified_mfa.core import MFA
 from pam_unified_mfa.loop_calls import core_calls
 from pam_unified_mfa.service import admin_api, auth_api, device_api, errors, wait_stream
 from pam_unified_mfa.service.changes import follow_changes
+from pam_unified_mfa.service.clients import document_security
 from pam_unified_mfa.service.events import ServiceEvents
 from pam_unified_mfa.service.housekeeping import purge_forever
 from pam_unified_mfa.service.metrics import CONTENT_TYPE, Metrics
@@ -39,14 +40,16 @@ class Health(BaseModel):
     status: Literal["ok", "unavailable"]
 
 
+# The auth API's routes are matched first: it carries most requests.
+API_ROUTERS = (auth_api.router, device_api.router, wait_stream.router, keycloak_api.router,
+               admin_api.router)
+
+
 def build_app(lifespan: Any = None) -> FastAPI:
     app = FastAPI(title="Unified MFA", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan)
-    app.include_router(auth_api.router)
-    app.include_router(device_api.router)
-    app.include_router(wait_stream.router)
-    app.include_router(keycloak_api.router)
-    app.include_router(admin_api.router)
+    for router in API_ROUTERS:
+        app.include_router(router)
     portal.install(app)
     errors.install(app)
 
@@ -76,10 +79,12 @@ def build_app(lifespan: Any = None) -> FastAPI:
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document, with validation errors shown as they are sent: one line."""
+    """FastAPI's document, with each operation's security schemes (clients.py) and validation
+    errors shown as they are sent: one line."""
     if app.openapi_schema is not None:
         return app.openapi_schema
     spec = FastAPI.openapi(app)
+    document_security([route for router in API_ROUTERS for route in router.routes], spec)
     error_ref = {"$ref": "#/components/schemas/Error"}
     for path in spec.get("paths", {}).values():
         for operation in path.values():
