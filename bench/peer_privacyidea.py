@@ -20,8 +20,9 @@ interleaved), each for --warmup uncounted seconds and a --seconds window:
   gateway with the code makes: `POST /v1/auth/check` with the user and the code, which must
   answer `accept` (`--our-calls begin-answer`: `POST /v1/auth/begin`, which must answer
   `prompt`, then `POST /v1/auth/answer` with the code, as an adapter that prompts). The client
-  rate limit is
-  raised so that the bench measures validations, not 429s.
+  rate limit is raised so that the bench measures validations, not 429s. One serve process,
+  or --our-processes of them on the same home, each on its own port, with the requests sent
+  to each in turn (two nodes on one store, as a gateway with a list of servers uses them).
 
 Both refuse a code for a time step the token has already used (privacyIDEA: "previous otp used
 again"; ours: S01), so each validation uses the current step's code of a user who has not
@@ -32,8 +33,8 @@ next step (not timed); if the fresh codes run out inside a window, the window en
 says so (raise --users or --their-users).
 
 Per window and server: validations per second; server CPU per validation (user + system time
-from /proc/PID/stat of the server processes: gunicorn's master and workers, or serve's one
-process, read at the window's edges); how many CPUs the server kept busy; the generator's own
+from /proc/PID/stat of the server processes: gunicorn's master and workers, or the serve
+processes, read at the window's edges); how many CPUs the server kept busy; the generator's own
 CPU per validation; p50 and p99 of a validation as the generator saw it. Then the ratios within
 each run and whether the issue's goals hold: at least 100 times privacyIDEA's rate, under 1 ms
 of server CPU per validation. Nothing is asserted about speed; the bench exits with status 1 when
@@ -47,7 +48,8 @@ keys, database and logs are made at run time in a temporary directory that is re
 end (--keep keeps it), also on Ctrl-C or SIGTERM, and both servers are stopped.
 
     .venv/bin/python bench/peer_privacyidea.py [--seconds 10] [--warmup 3] [--runs 2]
-        [--concurrency 8] [--users 6000] [--their-users 600] [--their-workers 2]
+        [--concurrency 8] [--users N] [--their-users 600] [--their-workers 2]
+        [--our-processes 1] [--our-calls check|begin-answer]
         [--cache DIR] [--keep]
 """
 
@@ -109,6 +111,7 @@ REALM = "bench"
 RESOLVER = "benchfiles"
 GOAL_RATE_RATIO = 100.0  # ours / privacyIDEA's validations per second
 GOAL_CPU_MS = 1.0  # our server CPU per validation
+USERS_PER_PROCESS = 16_000
 START_TIMEOUT = 60.0
 SETUP_TIMEOUT = 900.0  # pip install, or importing thousands of tokens on a busy machine
 THEIRS = "privacyIDEA /validate/check"
@@ -626,8 +629,9 @@ def main() -> int:
                         help="windows per server, interleaved (default 2)")
     parser.add_argument("--concurrency", type=int, default=8,
                         help="validations in flight, both servers (default 8)")
-    parser.add_argument("--users", type=int, default=6000,
-                        help="our users: each gives one fresh code per 30 s (default 6000)")
+    parser.add_argument("--users", type=int, default=None,
+                        help="our users: each gives one fresh code per 30 s (default 16,000 "
+                        "per serve process)")
     parser.add_argument("--their-users", type=int, default=600,
                         help="privacyIDEA's users, likewise (default 600)")
     parser.add_argument("--our-calls", choices=("check", "begin-answer"), default="check",
@@ -642,6 +646,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory: configuration, databases, logs")
     args = parser.parse_args()
+    if args.users is None:  # a window and its warm-up take 13 s of fresh codes, at up to 1,200/s
+        args.users = USERS_PER_PROCESS * args.our_processes
     work = Path(tempfile.mkdtemp(prefix="unified-mfa-pi-bench-"))
     try:
         with stop_on_signals():
