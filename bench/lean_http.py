@@ -1,8 +1,8 @@
 """The load generator's HTTP/1.1 client: an asyncio protocol with httptools' response parser.
 
 Why not httpx, which the other benches use: in bench/peer_privacyidea.py the generator runs on
-the same 2 CPUs as the servers it measures, and httpx spent 1.4 to 2.1 ms of CPU per request
-there, more than our server. This client spends a tenth of that, so the CPU the generator
+the same 2 CPUs as the servers it measures, and httpx spent 1.4 to 4.5 ms of CPU per
+validation there, more than our server. This client spends a tenth of that, so the CPU the generator
 takes away from the servers no longer decides their rates. It does only what a generator
 needs: POST a body, read the status and the body; a connection is kept for the next request
 when the server keeps it alive (uvicorn) and opened anew when it does not (gunicorn's sync

@@ -95,7 +95,7 @@ async def keycloak_client(request: Request) -> str:
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         raise AuthenticationFailed(_SIGNED_ONLY)
-    return await check_client(request.app.state.runtime, header)
+    return await check_client(await runtime(request), header)
 
 
 Caller = Annotated[str, Depends(keycloak_client)]

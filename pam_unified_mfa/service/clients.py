@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute
 
 from pam_unified_mfa.errors import AuthenticationFailed
-from pam_unified_mfa.service.runtime import Runtime
+from pam_unified_mfa.service.runtime import Runtime, runtime
 
 Call = TypeVar("Call", bound=Callable[..., Any])
 
@@ -115,18 +115,18 @@ async def check_client(rt: Runtime, header: str) -> str:
 
 @secured_by(DEVICE)
 async def device_id(request: Request) -> str:
-    rt: Runtime = request.app.state.runtime
+    rt = await runtime(request)
     return await run_in_threadpool(rt.mfa.authenticate_device, _bearer(authorization(request)))
 
 
 @secured_by(CLIENT_SECRET, CLIENT_ASSERTION)
 async def client_name(request: Request) -> str:
-    return await check_client(request.app.state.runtime, authorization(request))
+    return await check_client(await runtime(request), authorization(request))
 
 
 @secured_by(ADMIN)
 async def admin_name(request: Request) -> str:
-    rt: Runtime = request.app.state.runtime
+    rt = await runtime(request)
     return await run_in_threadpool(rt.mfa.authenticate_admin, _bearer(authorization(request)))
 
 
