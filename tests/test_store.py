@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
+from pam_unified_mfa.core.events import after_commit
 from pam_unified_mfa.errors import ConfigError, StoreUnavailable
 from pam_unified_mfa.store import Store
 from pam_unified_mfa.store.database import normalise_url
@@ -94,3 +95,66 @@ def test_a_name_holding_a_nul_matches_no_row_instead_of_failing(store_url: str) 
         found = session.scalars(select(Account).where(Account.name == "alice\x00")).all()
     store.dispose()
     assert found == []
+
+
+def _account(name: str) -> Account:
+    return Account(id=name, kind="user", name=name, failures=0, lock_count=0, created_at=0.0)
+
+
+def _account_count(store: Store) -> int:
+    with store.session() as session:
+        return session.scalar(select(func.count()).select_from(Account)) or 0
+
+
+def test_a_failed_transaction_leaves_nothing_for_the_next(store_url: str) -> None:
+    # The writer's connection and session are kept between transactions (SQLite): a failure
+    # must not leave its changes, or its pending work, to the next transaction.
+    store = Store(store_url)
+    store.migrate()
+    with pytest.raises(RuntimeError), store.session() as session:
+        session.add(_account("alice"))
+        session.flush()
+        raise RuntimeError("the caller failed after a write")
+    with store.session() as session:
+        session.add(_account("bob"))
+    names = []
+    with store.session() as session:
+        names = list(session.scalars(select(Account.name)))
+    store.dispose()
+    assert names == ["bob"]
+
+
+def test_after_commit_work_of_a_failed_transaction_never_runs(store_url: str) -> None:
+    store = Store(store_url)
+    store.migrate()
+    ran: list[str] = []
+    with pytest.raises(RuntimeError), store.session() as session:
+        after_commit(session, lambda: ran.append("failed"))
+        raise RuntimeError("rolled back")
+    with store.session() as session:
+        after_commit(session, lambda: ran.append("committed"))
+    store.dispose()
+    assert ran == ["committed"]
+
+
+def test_a_transaction_inside_another_commits_on_its_own(store_url: str) -> None:
+    store = Store(store_url)
+    store.migrate()
+    with store.session() as outer:
+        with store.session() as inner:
+            inner.add(_account("inner"))
+        outer.add(_account("outer"))
+    count = _account_count(store)
+    store.dispose()
+    assert count == 2
+
+
+def test_a_disposed_store_opens_again_on_next_use(store_url: str) -> None:
+    store = Store(store_url)
+    store.migrate()
+    with store.session() as session:
+        session.add(_account("alice"))
+    store.dispose()
+    count = _account_count(store)
+    store.dispose()
+    assert count == 1

@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,11 @@ class Store:
         # retries: under load most of a transaction's time went to those sleeps. Taking turns
         # here first costs nothing when idle; other processes still wait via busy_timeout.
         self._turns: threading.RLock | None = threading.RLock() if self.is_sqlite else None
+        # The writer whose turn it is uses one connection and session, kept between
+        # transactions: checking a connection out of the pool and in again, and making a
+        # session, were a tenth of a login's store time on SQLite (docs/performance.md).
+        self._kept: tuple[Connection, Session] | None = None
+        self._kept_in_use = False
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -129,9 +134,18 @@ class Store:
         A lost or unreachable database surfaces as StoreUnavailable so that adapters can apply
         their fail mode (S07) instead of mistaking it for a wrong code.
         """
-        turns: AbstractContextManager[Any] = self._turns or nullcontext()
-        with turns:
+        if self._turns is None:
             yield from self._transaction()
+            return
+        with self._turns:
+            if self._kept_in_use:  # a transaction inside another, in the same thread
+                yield from self._transaction()
+                return
+            self._kept_in_use = True
+            try:
+                yield from self._transaction(keep=True)
+            finally:
+                self._kept_in_use = False
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
@@ -139,19 +153,24 @@ class Store:
         readers never block on SQLite's writer), so a long read delays no login."""
         yield from self._transaction()
 
-    def _transaction(self) -> Iterator[Session]:
+    def _transaction(self, keep: bool = False) -> Iterator[Session]:
         # The transaction is the connection's; the session joins it and begins its own
         # bookkeeping only when ORM work is done. A login's statements are prepared
         # (store/prepared.py) and run on the connection kept in `session.info`, so a login
         # pays for a connection's begin and commit, not also for an ORM session's: a tenth of
-        # the core's instructions per check (docs/performance.md).
+        # the core's instructions per check (docs/performance.md). With `keep`, the connection
+        # and session outlive the transaction unless it fails; then both are let go.
         connection: Connection | None = None
         session: Session | None = None
+        failed = True
         try:
-            connection = self.engine.connect()
+            if keep and self._kept is not None:
+                connection, session = self._kept
+            else:
+                connection = self.engine.connect()
+                session = self._sessions(bind=connection)
+                session.info[CONNECTION] = connection
             connection.begin()
-            session = self._sessions(bind=connection)
-            session.info[CONNECTION] = connection
             yield session
             if session.in_transaction():
                 session.commit()  # flushes; the connection's transaction is committed next
@@ -161,6 +180,7 @@ class Store:
                     callback()
                 except Exception:  # a listener's failure must not undo a committed decision
                     log.exception("after-commit listener failed")
+            failed = False
         except OperationalError as exc:
             _roll_back(session, connection)
             raise StoreUnavailable(f"store unavailable: {type(exc.orig).__name__}") from None
@@ -175,8 +195,13 @@ class Store:
         finally:
             if session is not None:
                 session.close()
-            if connection is not None:
-                connection.close()
+            if keep and not failed and connection is not None and session is not None:
+                self._kept = (connection, session)
+            else:
+                if keep:
+                    self._kept = None
+                if connection is not None:
+                    connection.close()
 
     def schema_version(self) -> str | None:
         """The store's Alembic revision, or None for an empty database."""
@@ -206,4 +231,7 @@ class Store:
             raise StoreUnavailable(f"store unavailable: {type(exc.orig).__name__}") from None
 
     def dispose(self) -> None:
+        if self._kept is not None:
+            self._kept[0].close()
+            self._kept = None
         self.engine.dispose()
