@@ -54,6 +54,8 @@ class AccountRow(NamedTuple):
     must_enroll_until: float | None
     locked_until: float | None
     push_blocked_until: float | None
+    failures: int  # with lock_count: whether a success has a count to clear (S02)
+    lock_count: int
 
 
 # Every login runs these: prepared once (store/prepared.py).

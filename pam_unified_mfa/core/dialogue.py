@@ -183,7 +183,7 @@ def _finish(session: Session, env: Env, dialogue: LiveDialogue | None, step: Ste
 
 
 _NOBODY = AccountRow(id="", kind="user", name="", enforcement=None, must_enroll_until=None,
-                     locked_until=None, push_blocked_until=None)
+                     locked_until=None, push_blocked_until=None, failures=0, lock_count=0)
 """Who the decoy reads are made for: an account that matches no row."""
 
 

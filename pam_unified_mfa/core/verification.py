@@ -150,7 +150,11 @@ def _forget(session: Session, account: AnyAccount) -> None:
 
 
 def record_success(session: Session, account: AnyAccount) -> None:
-    """Clear the failure count and back-off; most logins have none, so usually no write."""
+    """Clear the failure count and back-off. Most logins have none, as the row read at the
+    start of the login shows: then there is no statement at all. A failure counted by another
+    request since that read stays counted, as if it had come after this success."""
+    if not (account.failures or account.lock_count or account.locked_until is not None):
+        return
     if _CLEAR_FAILURES.run(session, {"account_id": account.id}):
         _forget(session, account)
 
