@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.telemetry import TelemetryConfig
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
@@ -40,6 +41,11 @@ class Health(BaseModel):
     status: Literal["ok", "unavailable"]
 
 
+# The service's metrics are Prometheus's (/metrics, docs/api.md); FastAPI's own
+# OpenTelemetry instrumentation, which no deployment of ours configures, otherwise asks the
+# global providers on every request whether it is wanted.
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+
 # The auth API's routes are matched first: it carries most requests.
 API_ROUTERS = (auth_api.router, device_api.router, wait_stream.router, keycloak_api.router,
                admin_api.router)
@@ -47,7 +53,7 @@ API_ROUTERS = (auth_api.router, device_api.router, wait_stream.router, keycloak_
 
 def build_app(lifespan: Any = None) -> FastAPI:
     app = FastAPI(title="Unified MFA", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, telemetry=NO_TELEMETRY)
     for router in API_ROUTERS:
         app.include_router(router)
     portal.install(app)
