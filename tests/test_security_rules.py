@@ -276,7 +276,6 @@ def test_s02_success_resets_the_failure_counter(mfa: MFA, clock: FakeClock) -> N
     assert login(mfa, "alice", code_for(mfa, uri))
 
 
-
 def test_s02_success_after_a_lockout_resets_the_back_off(mfa: MFA, clock: FakeClock) -> None:
     mfa.add_user("alice")
     uri = enroll_confirmed(mfa, "alice").uri
@@ -288,6 +287,7 @@ def test_s02_success_after_a_lockout_resets_the_back_off(mfa: MFA, clock: FakeCl
     lock(mfa, "alice", uri)
     assert [r.detail["locked_for"] for r in audit_of(mfa, "user.locked")] == [
         int(first), int(first)]
+
 
 # -- S03: the pending push (number and deadline; signed approval comes with push delivery) -----
 

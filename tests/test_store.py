@@ -117,7 +117,6 @@ def test_a_failed_transaction_leaves_nothing_for_the_next(store_url: str) -> Non
         raise RuntimeError("the caller failed after a write")
     with store.session() as session:
         session.add(_account("bob"))
-    names = []
     with store.session() as session:
         names = list(session.scalars(select(Account.name)))
     store.dispose()
