@@ -13,6 +13,7 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from pam_unified_mfa.portal import admin, security, signin
+from pam_unified_mfa.service.routing import add_routes
 
 __all__ = ["STATIC", "install"]
 
@@ -22,7 +23,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 def install(app: FastAPI) -> None:
     """Add both portals to the service; none of their pages is part of the API document."""
     for router in (*signin.routers(), security.router, admin.router):
-        app.include_router(router)
+        add_routes(app, router)
     app.mount("/portal/static", StaticFiles(directory=STATIC), name="portal-static")
 
     @app.get("/portal", include_in_schema=False)

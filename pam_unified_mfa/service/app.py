@@ -30,6 +30,7 @@ from pam_unified_mfa.service.housekeeping import purge_forever
 from pam_unified_mfa.service.metrics import CONTENT_TYPE, Metrics
 from pam_unified_mfa.service.notifier import Notifier
 from pam_unified_mfa.service.ratelimit import RateLimiter
+from pam_unified_mfa.service.routing import add_routes
 from pam_unified_mfa.service.runtime import Runtime
 from pam_unified_mfa.service.waiter import Waiter
 
@@ -55,7 +56,7 @@ def build_app(lifespan: Any = None) -> FastAPI:
     app = FastAPI(title="Unified MFA", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan, telemetry=NO_TELEMETRY)
     for router in API_ROUTERS:
-        app.include_router(router)
+        add_routes(app, router)
     portal.install(app)
     errors.install(app)
 
