@@ -3,6 +3,8 @@ transaction and with SQLAlchemy's failure behaviour, on SQLite and PostgreSQL al
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -11,7 +13,7 @@ from sqlalchemy import bindparam, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from pam_unified_mfa.errors import StoreUnavailable
-from pam_unified_mfa.store import Store
+from pam_unified_mfa.store import Store, database
 from pam_unified_mfa.store.models import Account, table_of
 from pam_unified_mfa.store.prepared import Prepared, PreparedQuery
 
@@ -121,3 +123,51 @@ def test_a_connection_killed_by_postgresql_is_unavailable_then_served_again(
     killer.dispose()
     with store.session() as session:  # and the next transaction is served
         assert BY_NAME.rows(session, {"name": "alice"}) == []
+
+
+class OtherProcessWriting:
+    """Another process's write transaction on the same SQLite file: its own connection,
+    holding SQLite's write lock from `BEGIN IMMEDIATE` until `release`."""
+
+    def __init__(self, path: str) -> None:
+        self.connection = sqlite3.connect(path, timeout=0, check_same_thread=False)
+        self.connection.execute("BEGIN IMMEDIATE")
+        self.connection.execute("INSERT INTO accounts (id, kind, name, failures, lock_count, "
+                                "created_at) VALUES ('o1', 'user', 'olga', 0, 0, 0)")
+
+    def release(self) -> None:
+        self.connection.commit()
+        self.connection.close()
+
+
+def _sqlite_file(store: Store) -> str:
+    if not store.is_sqlite:
+        pytest.skip("SQLite's write lock between processes")
+    path = store.engine.url.database
+    assert path is not None
+    return path
+
+
+def test_a_first_change_waits_for_another_process_write_and_then_commits(store: Store) -> None:
+    other = OtherProcessWriting(_sqlite_file(store))
+    threading.Timer(0.2, other.release).start()
+    with store.session() as session:
+        assert BY_NAME.rows(session, {"name": "olga"}) == []  # a read does not wait
+        ADD.run(session, {"id": "a1", "name": "alice"})
+    with store.session() as session:
+        assert BY_NAME.first(session, {"name": "alice"}) == Named("a1", "alice")
+        assert BY_NAME.first(session, {"name": "olga"}) == Named("o1", "olga")
+
+
+def test_a_write_lock_held_past_the_busy_timeout_leaves_the_store_unavailable(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(database, "SQLITE_BUSY_TIMEOUT", 0.1)
+    other = OtherProcessWriting(_sqlite_file(store))
+    try:
+        with pytest.raises(StoreUnavailable), store.session() as session:
+            ADD.run(session, {"id": "a1", "name": "alice"})
+    finally:
+        other.release()
+    with store.session() as session:
+        assert BY_NAME.first(session, {"name": "alice"}) is None
+        assert session.execute(text("PRAGMA busy_timeout")).scalar_one() == 10_000

@@ -23,13 +23,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
-from pam_unified_mfa.store.database import CONNECTION, nul_free
+from pam_unified_mfa.store.database import CONNECTION, nul_free, sqlite_first_change
 
 RowT = TypeVar("RowT")
 
 
 class _Compiled:
-    __slots__ = ("defaults", "nul_free", "order", "sql")
+    __slots__ = ("changes_sqlite", "defaults", "nul_free", "order", "sql")
 
     def __init__(self, statement: Executable, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
@@ -38,6 +38,7 @@ class _Compiled:
         order = compiled.positiontup
         self.order: tuple[str, ...] | None = tuple(order) if order is not None else None
         self.nul_free = dialect.name == "postgresql"  # as the store's engine does (database.py)
+        self.changes_sqlite: bool = dialect.name == "sqlite" and statement.is_dml
 
     def parameters(self, given: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
         values = {**self.defaults, **given} if self.defaults else given
@@ -68,7 +69,11 @@ class Prepared:
         assert dbapi_connection is not None
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(compiled.sql, compiled.parameters(given))
+            if compiled.changes_sqlite and not dbapi_connection.in_transaction:
+                sqlite_first_change(dbapi_connection, cursor, compiled.sql,
+                                    compiled.parameters(given))
+            else:
+                cursor.execute(compiled.sql, compiled.parameters(given))
         except dialect.loaded_dbapi.Error as exc:
             lost = dialect.is_disconnect(exc, connection.connection.dbapi_connection, cursor)
             if lost:
