@@ -32,11 +32,12 @@ from pam_unified_mfa.service.clients import (
     secured_by,
 )
 from pam_unified_mfa.service.errors import errors
+from pam_unified_mfa.service.routing import LoginPathRoute
 from pam_unified_mfa.service.runtime import Runtime, runtime
 
 __all__ = ["MAX_WAIT", "KeycloakAnswer", "KeycloakBegin", "KeycloakPoll", "router"]
 
-router = APIRouter(prefix="/v1/keycloak", tags=["keycloak"])
+router = APIRouter(prefix="/v1/keycloak", tags=["keycloak"], route_class=LoginPathRoute)
 
 ADAPTER = "keycloak"
 

@@ -20,10 +20,11 @@ from pydantic import BaseModel, Field
 from pam_unified_mfa.core import RequestContext, Step
 from pam_unified_mfa.service.clients import ClientName
 from pam_unified_mfa.service.errors import errors
+from pam_unified_mfa.service.routing import LoginPathRoute
 from pam_unified_mfa.service.runtime import Runtime, runtime
 from pam_unified_mfa.service.waiter import until_decided
 
-router = APIRouter(prefix="/v1/auth", tags=["auth"])
+router = APIRouter(prefix="/v1/auth", tags=["auth"], route_class=LoginPathRoute)
 
 MAX_WAIT = 300  # server-to-server: a push (60 s by default) fits in one wait
 
