@@ -11,15 +11,18 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from pam_unified_mfa.core.context import RequestContext
+from pam_unified_mfa.core.events import after_commit
 from pam_unified_mfa.store.models import AuditRecord, table_of
 from pam_unified_mfa.store.prepared import Prepared
 
 log = logging.getLogger("unified_mfa.audit")
+_LINE = "action=%s outcome=%s actor=%s subject=%s adapter=%s client=%s detail=%s"
 
 DETAIL_KEYS = frozenset({
     "factor", "factors", "kind", "mode", "from", "to", "reason", "users", "count", "key_id",
@@ -71,13 +74,19 @@ def record(
     ctx: RequestContext,
     detail: Detail | None = None,
 ) -> None:
-    """Add one audit record to the current transaction and write the same line to the log."""
+    """Add one audit record to the current transaction, and the same line to the log once the
+    transaction has committed.
+
+    After the commit, the log says what the audit table says: a record whose transaction is
+    rolled back is in neither. And the line is not written while the transaction holds the
+    store's write lock, which on SQLite every other process's login waits for.
+    """
     text = _check_detail(detail or {})
     _INSERT.run(session, {"at": now, "actor": actor, "action": action, "subject": subject,
                           "outcome": outcome, "adapter": ctx.adapter, "client": ctx.client,
                           "detail": text})
-    log.info("action=%s outcome=%s actor=%s subject=%s adapter=%s client=%s detail=%s",
-             action, outcome, actor, subject, ctx.adapter, ctx.client or "-", text)
+    after_commit(session, partial(log.info, _LINE, action, outcome, actor, subject, ctx.adapter,
+                                  ctx.client or "-", text))
 
 
 def tail(session: Session, count: int) -> list[AuditEntry]:
