@@ -1,10 +1,14 @@
 """TOTP validations per second through privacyIDEA's `/validate/check` and through our auth API,
 same machine, same run, same store type (SQLite).
 
-What is measured: one load generator (this process, on uvloop with lean_http's client, which
-takes a tenth of httpx's CPU per request; --concurrency requests' worth of validations in
-flight) drives both servers the same way, one after the other and then again (--runs,
-interleaved), each for --warmup uncounted seconds and a --seconds window:
+What is measured: one load generator drives both servers the same way, --concurrency
+validations in flight, one server after the other and then again (--runs, interleaved), each
+for --warmup uncounted seconds and a --seconds window. The generator is wrk (Debian's `wrk`
+package; --generator wrk, the default), which spends a small fraction of the CPU that a
+Python client would take from the servers on the same CPUs; every request carries its own
+body (bench/wrk_load.py, bench/wrk_validate.lua). With --our-calls begin-answer, whose second
+request needs the first one's reply, it is this process on uvloop with lean_http's client
+(--generator lean).
 
 - **privacyIDEA** (the PyPI package, pinned below) under gunicorn with 2 sync workers
   (--their-workers) on 127.0.0.1, on an SQLite database, as its own tools set it up:
@@ -21,16 +25,19 @@ interleaved), each for --warmup uncounted seconds and a --seconds window:
   answer `accept` (`--our-calls begin-answer`: `POST /v1/auth/begin`, which must answer
   `prompt`, then `POST /v1/auth/answer` with the code, as an adapter that prompts). The client
   rate limit is raised so that the bench measures validations, not 429s. One serve process,
-  or --our-processes of them on the same home, each on its own port, with the requests sent
-  to each in turn (two nodes on one store, as a gateway with a list of servers uses them).
+  or --our-processes of them on the same home, each on its own port, with the requests shared
+  among them (two nodes on one store, as a gateway with a list of servers uses them).
 
 Both refuse a code for a time step the token has already used (privacyIDEA: "previous otp used
 again"; ours: S01), so each validation uses the current step's code of a user who has not
 validated on that server during this step. privacyIDEA records the drift of each accepted code,
 so a next step's code would move its token's clock: only the current step is used, on both
 sides. Before a window starts with fewer than half of its users fresh, the bench waits for the
-next step (not timed); if the fresh codes run out inside a window, the window ends there and
-says so (raise --users or --their-users).
+next step (not timed). wrk gets the codes of every fresh user, made before the warm-up and
+shared between the warm-up and the window in proportion to their lengths; one wrk thread per
+server process, each sending to its own.
+If the fresh codes run out inside a window, the window says so and the run is not valid
+(raise --users or --their-users).
 
 Per window and server: validations per second; server CPU per validation (user + system time
 from /proc/PID/stat of the server processes: gunicorn's master and workers, or the serve
@@ -49,7 +56,7 @@ end (--keep keeps it), also on Ctrl-C or SIGTERM, and both servers are stopped.
 
     .venv/bin/python bench/peer_privacyidea.py [--seconds 10] [--warmup 3] [--runs 2]
         [--concurrency 8] [--users N] [--their-users 600] [--their-workers 2]
-        [--our-processes 1] [--our-calls check|begin-answer]
+        [--our-processes 1] [--our-calls check|begin-answer] [--generator wrk|lean]
         [--cache DIR] [--keep]
 """
 
@@ -60,6 +67,7 @@ import asyncio
 import base64
 import contextlib
 import gc
+import json
 import os
 import secrets
 import shutil
@@ -104,6 +112,8 @@ from push_pending import (
 )
 from push_pending import setup as add_api_client
 from radius_throughput import PARAMS, TotpUser, add_totp_users, current_step
+from wrk_load import Spelling, deal, wrk_path
+from wrk_load import run as run_wrk
 
 PRIVACYIDEA = "privacyidea==3.14"
 GUNICORN = "gunicorn==27.0.1"
@@ -320,6 +330,16 @@ def our_check(client: Client, calls: str = "check") -> Check:
     return one_call if calls == "check" else two_calls
 
 
+# The same validations as wrk sends them (wrk_load.py); `accepted` is what the checks above
+# read in the reply of an accepted one.
+THEIR_SPELLING = Spelling(
+    "/validate/check", "application/x-www-form-urlencoded", '"value":%s*true',
+    lambda user, code: urlencode({"user": user, "realm": REALM, "pass": code}))
+OUR_SPELLING = Spelling(
+    "/v1/auth/check", "application/json", '"outcome":%s*"accept"',
+    lambda user, code: json.dumps({"user": user, "code": code, "service": "bench"}))
+
+
 def wrong_code(user: TotpUser) -> str:
     """A code valid in no step that either server could take (privacyIDEA: +-3 steps)."""
     valid = {totp.code_at(user.secret, PARAMS, (current_step() + k) * PARAMS.period)
@@ -347,6 +367,13 @@ class Pool:
                 return user, step
         return None
 
+    def take_all(self) -> list[tuple[TotpUser, int]]:
+        """Every user whose code is fresh now, each spent by being taken."""
+        taken = []
+        while (login := self.take()) is not None:
+            taken.append(login)
+        return taken
+
     def fresh(self) -> int:
         step = current_step()
         return sum(1 for u in self.users if u.last_step < step)
@@ -367,6 +394,7 @@ class Window:
     accepted: int = 0
     failures: Counter[str] = field(default_factory=Counter)  # warm-up and window alike
     latencies_ms: list[float] = field(default_factory=list)
+    percentiles_ms: tuple[float, float] | None = None  # p50 and p99, when wrk measured them
     server_cpu: float = 0.0  # s over the window, all server processes
     bench_cpu: float = 0.0  # s over the window, this process
     ran_out: bool = False  # the fresh codes ran out before --seconds
@@ -383,6 +411,13 @@ class Window:
 
     def busy(self) -> float:
         return self.server_cpu / self.seconds if self.seconds else float("nan")
+
+    def p50_p99(self) -> tuple[float, float]:
+        if self.percentiles_ms is not None:
+            return self.percentiles_ms
+        if not self.latencies_ms:
+            return float("nan"), float("nan")
+        return percentile(self.latencies_ms, 50), percentile(self.latencies_ms, 99)
 
 
 async def drive(check: Check, pool: Pool, concurrency: int, warmup: float, seconds: float,
@@ -447,13 +482,16 @@ class Side:
     """One server as the generator drives it."""
 
     label: str
-    bases: tuple[str, ...]  # several: requests go to each in turn
+    bases: tuple[str, ...]  # several: the requests are shared among them
     auth: str | None  # the Authorization header, if the server wants one
     make_check: Callable[[Client], Check]
+    spelling: Spelling  # the same validation, as wrk sends it
     pool: Pool
     pids: Callable[[], list[int]]  # the processes whose CPU is the server's
 
-    def window(self, run: int, args: argparse.Namespace) -> Window:
+    def window(self, run: int, args: argparse.Namespace, work: Path) -> Window:
+        if args.generator == "wrk":
+            return self.wrk_window(run, args, work)
         result = Window(self.label, run)
 
         async def go() -> None:
@@ -465,6 +503,35 @@ class Side:
                 client.close()
 
         uvloop.run(go())
+        return result
+
+    def wrk_window(self, run: int, args: argparse.Namespace, work: Path) -> Window:
+        """The warm-up and the window as two wrk runs, with the codes of every fresh user
+        made before them; the server's and the generator's CPU are read at the window's
+        edges (wrk's own from its resource usage)."""
+        result = Window(self.label, run)
+        bodies = [self.spelling.body(user.name, totp.code_at(user.secret, PARAMS,
+                                                             step * PARAMS.period))
+                  for user, step in self.pool.take_all()]
+        warm_files, window_files = deal(bodies, len(self.bases), args.warmup, args.seconds,
+                                        work)
+        warm = run_wrk(self.spelling, self.bases, self.auth, args.concurrency, args.warmup,
+                       warm_files)
+        result.failures.update(warm.failures)
+        if warm.ran_out:
+            raise BenchFailure(f"{self.label}: the fresh codes ran out during the warm-up")
+        processes = self.pids()
+        server, bench = sum(map(cpu_seconds, processes)), time.process_time()
+        outcome = run_wrk(self.spelling, self.bases, self.auth, args.concurrency,
+                          args.seconds, window_files)
+        result.bench_cpu = time.process_time() - bench + outcome.cpu
+        if self.pids() != processes:
+            raise BenchFailure(f"{self.label}: a server process was replaced in the window")
+        result.server_cpu = sum(map(cpu_seconds, processes)) - server
+        result.seconds, result.accepted, result.ran_out = (outcome.seconds, outcome.accepted,
+                                                           outcome.ran_out)
+        result.failures.update(outcome.failures)
+        result.percentiles_ms = (outcome.p50_ms, outcome.p99_ms)
         return result
 
     def client(self) -> Client:
@@ -490,20 +557,31 @@ class Side:
 # -- report -----------------------------------------------------------------------------------
 
 
-def machine_lines(venv: Path, workers: int, our_calls: str, processes: int) -> list[str]:
+def generator_version() -> str:
+    done = subprocess.run([wrk_path(), "--version"], capture_output=True, text=True,
+                          check=False)
+    return (done.stdout or done.stderr).split("[")[0].strip()  # "wrk debian/4.1.0-3+b2"
+
+
+def machine_lines(venv: Path, workers: int, our_calls: str, processes: int,
+                  generator: str) -> list[str]:
     ours = ", ".join(f"{p} {package_version(p)}" for p in
                      ("uvicorn", "fastapi", "SQLAlchemy"))
     return [machine_line(),
             f"theirs: {their_versions(venv)}; gunicorn with {workers} sync workers",
             f"ours: {ours}, SQLite {sqlite3.sqlite_version}; "
             + ("one serve process" if processes == 1 else
-               f"{processes} serve processes on one home, each on its own port, requests sent "
-               "to each in turn")
+               f"{processes} serve processes on one home, each on its own port, requests shared "
+               "among them")
             + "; a validation is "
             + ("one POST /v1/auth/check" if our_calls == "check"
                else "POST /v1/auth/begin, then /v1/auth/answer"),
-            f"the load generator (this process: uvloop {package_version('uvloop')}, httptools "
-            f"{package_version('httptools')}) and the servers share the machine's CPUs"]
+            "the load generator ("
+            + (f"{generator_version()}, one thread per server process, with "
+               "bench/wrk_validate.lua" if generator == "wrk" else
+               f"this process: uvloop {package_version('uvloop')}, httptools "
+               f"{package_version('httptools')}")
+            + ") and the servers share the machine's CPUs"]
 
 
 def table(windows: Sequence[Window]) -> list[str]:
@@ -512,8 +590,7 @@ def table(windows: Sequence[Window]) -> list[str]:
               f"{'p99 ms':>7} {'window s':>8}")
     lines = [header, "-" * len(header)]
     for w in windows:
-        p50, p99 = ((percentile(w.latencies_ms, 50), percentile(w.latencies_ms, 99))
-                    if w.latencies_ms else (float("nan"), float("nan")))
+        p50, p99 = w.p50_p99()
         lines.append(f"{w.side:<36} {w.run:>3} {w.rate:>8,.1f} {w.accepted:>8,} "
                      f"{sum(w.failures.values()):>6,} {w.cpu_ms():>10.2f} {w.busy():>8.2f} "
                      f"{w.bench_ms():>10.2f} {p50:>7.1f} {p99:>7.1f} {w.seconds:>8.1f}"
@@ -556,7 +633,8 @@ def summary(windows: Sequence[Window]) -> list[str]:
 def measure(args: argparse.Namespace, work: Path) -> bool:
     """Set up both, run the interleaved windows, print; True when every figure is valid."""
     venv = privacyidea_venv(args.cache)
-    for line in machine_lines(venv, args.their_workers, args.our_calls, args.our_processes):
+    for line in machine_lines(venv, args.their_workers, args.our_calls, args.our_processes,
+                              args.generator):
         print(line, flush=True)
     port = free_port()
     home = make_home(work, port)  # raises [service] client_rate, among others
@@ -584,9 +662,10 @@ def measure(args: argparse.Namespace, work: Path) -> bool:
         for service in services:
             service.wait_healthy(START_TIMEOUT)
         with running_gunicorn(venv, work / "privacyidea", env, args.their_workers) as gunicorn:
-            sides = [Side(THEIRS, (gunicorn.url,), None, their_check, theirs, gunicorn.pids),
+            sides = [Side(THEIRS, (gunicorn.url,), None, their_check, THEIR_SPELLING, theirs,
+                          gunicorn.pids),
                      Side(OURS, tuple(s.url for s in services), auth,
-                          partial(our_check, calls=args.our_calls), ours,
+                          partial(our_check, calls=args.our_calls), OUR_SPELLING, ours,
                           lambda: [s.pid for s in services])]
             for side in sides:
                 side.check_refusal()
@@ -599,7 +678,7 @@ def measure(args: argparse.Namespace, work: Path) -> bool:
             for run in range(1, args.runs + 1):
                 for side in sides:
                     side.pool.wait_if_short()
-                    windows.append(side.window(run, args))
+                    windows.append(side.window(run, args, work))
                     print(table(windows[-1:])[-1], flush=True)
     finally:
         for service in services:
@@ -636,16 +715,24 @@ def main() -> int:
                         help="privacyIDEA's users, likewise (default 600)")
     parser.add_argument("--our-calls", choices=("check", "begin-answer"), default="check",
                         help="our validation: one /v1/auth/check, or begin then answer")
+    parser.add_argument("--generator", choices=("wrk", "lean"), default=None,
+                        help="the load generator: wrk (the default for --our-calls check) "
+                        "or this process with bench/lean_http.py (the only one for "
+                        "begin-answer, whose second request needs the first's reply)")
     parser.add_argument("--their-workers", type=int, default=2,
                         help="gunicorn's sync workers for privacyIDEA (default 2)")
     parser.add_argument("--our-processes", type=int, default=1,
                         help="serve processes on our one home, each on its own port, "
-                        "requests sent to each in turn (default 1)")
+                        "the requests shared among them (default 1)")
     parser.add_argument("--cache", type=Path, default=default_cache(),
                         help="where privacyIDEA's virtual environment is kept")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory: configuration, databases, logs")
     args = parser.parse_args()
+    if args.generator is None:
+        args.generator = "wrk" if args.our_calls == "check" else "lean"
+    elif args.generator == "wrk" and args.our_calls != "check":
+        parser.error("--our-calls begin-answer needs --generator lean")
     if args.users is None:  # a window and its warm-up take 13 s of fresh codes, at up to 1,650/s
         args.users = USERS_PER_PROCESS * args.our_processes
     work = Path(tempfile.mkdtemp(prefix="unified-mfa-pi-bench-"))
