@@ -51,12 +51,14 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
+from pam_unified_mfa.cli.main import skip_unlogged_lookups
 from pam_unified_mfa.core import MFA, Outcome, RequestContext
 from pam_unified_mfa.enrollment_uri import parse_uri
 from pam_unified_mfa.home import init_home
 from pam_unified_mfa.service import server
 from pam_unified_mfa.service.app import create_app
 from pam_unified_mfa.service.events import ServiceEvents
+from pam_unified_mfa.service.metrics import Metrics
 from pam_unified_mfa.service.waiter import Listener, Waiter
 from tests.helpers import Device, code_for, enroll_confirmed, wrong_code
 
@@ -806,3 +808,33 @@ def test_serve_command_uses_the_configured_tls_certificate(
         trust = ssl.create_default_context(cafile=str(cert))
         response = httpx.get(f"https://127.0.0.1:{port}/healthz", timeout=TIMEOUT, verify=trust)
     assert response.json() == {"status": "ok"}
+
+
+def test_decisions_are_counted_per_adapter_and_outcome() -> None:
+    metrics = Metrics()
+    for adapter, outcome in (("api", "accept"), ("api", "accept"), ("api", "reject"),
+                             ("radius", "accept")):
+        metrics.decision(adapter, outcome)
+    counted = {
+        (sample.labels["adapter"], sample.labels["outcome"]): sample.value
+        for family in metrics.registry.collect() if family.name == "unified_mfa_decisions"
+        for sample in family.samples if sample.name == "unified_mfa_decisions_total"
+    }
+    assert counted == {("api", "accept"): 2, ("api", "reject"): 1, ("radius", "accept"): 1}
+
+
+def test_serve_log_formats_show_nothing_that_log_records_no_longer_look_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CLI turns off logging's thread, process and caller lookups: a line of serve's log
+    must still say everything its format asks for."""
+    for switch in ("logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, switch, True)
+    monkeypatch.setattr(logging, "_srcfile", logging._srcfile)
+    skip_unlogged_lookups()
+    record = logging.getLogger("unified_mfa.audit").makeRecord(
+        "unified_mfa.audit", logging.INFO, "x.py", 1, "action=%s", ("mfa.code",), None)
+    for formatter in server.LOG_CONFIG["formatters"].values():
+        line = logging.Formatter(formatter["format"]).format(record)
+        assert line.endswith("INFO unified_mfa.audit: action=mfa.code")
+        assert "None" not in line

@@ -673,8 +673,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def skip_unlogged_lookups() -> None:
+    """No format of ours (here, serve's, the daemons') shows a record's thread, process or
+    source line, so records need not look them up: a login logs two lines, and the lookups
+    were a fifth of their cost (the logging HOWTO's "Optimization" names these switches)."""
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="unified-mfa: %(message)s")
+    skip_unlogged_lookups()
     parser = build_parser()
     args = parser.parse_args(argv)
     for name, default in (("home", None), ("store", None), ("json", False)):

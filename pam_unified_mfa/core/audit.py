@@ -32,6 +32,7 @@ DETAIL_KEYS = frozenset({
 _SAFE_TEXT = re.compile(r"^[a-z_][a-z0-9_.,:@/ -]{0,255}$")
 
 Detail = Mapping[str, str | int | bool | float | None]
+_ENCODE = json.JSONEncoder(sort_keys=True).encode  # json.dumps builds one per call otherwise
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def _check_detail(detail: Detail) -> str:
         # nor a seed (upper-case base32) can pass.
         if isinstance(value, str) and value and not _SAFE_TEXT.match(value):
             raise ValueError(f"audit detail {key!r} holds text that is not an identifier")
-    return json.dumps(dict(detail), sort_keys=True)
+    return _ENCODE(dict(detail))
 
 
 _COLUMNS = ("at", "actor", "action", "subject", "outcome", "adapter", "client", "detail")

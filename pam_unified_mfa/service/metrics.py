@@ -37,12 +37,18 @@ class Metrics:
         self.waiters = Gauge(
             "unified_mfa_pending_waiters", "Requests waiting for a push or a decision",
             registry=self.registry)
+        # labels() looks its child up under a lock; each login's decision counts one.
+        self._decision_counts: dict[tuple[str, str], Callable[[], None]] = {}
 
     def watch_waiters(self, count: Callable[[], int]) -> None:
         self.waiters.set_function(lambda: float(count()))
 
     def decision(self, adapter: str, outcome: str) -> None:
-        self.decisions.labels(adapter=adapter, outcome=outcome).inc()
+        count = self._decision_counts.get((adapter, outcome))
+        if count is None:
+            count = self._decision_counts[adapter, outcome] = self.decisions.labels(
+                adapter=adapter, outcome=outcome).inc
+        count()
 
     def push_answer(self, status: str, device_id: str) -> None:
         self.push_answers.labels(status=status).inc()
