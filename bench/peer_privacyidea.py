@@ -121,7 +121,7 @@ REALM = "bench"
 RESOLVER = "benchfiles"
 GOAL_RATE_RATIO = 100.0  # ours / privacyIDEA's validations per second
 GOAL_CPU_MS = 1.0  # our server CPU per validation
-USERS_PER_PROCESS = 22_000
+USERS_PER_PROCESS = 26_000
 START_TIMEOUT = 60.0
 SETUP_TIMEOUT = 900.0  # pip install, or importing thousands of tokens on a busy machine
 THEIRS = "privacyIDEA /validate/check"
@@ -709,7 +709,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8,
                         help="validations in flight, both servers (default 8)")
     parser.add_argument("--users", type=int, default=None,
-                        help="our users: each gives one fresh code per 30 s (default 22,000 "
+                        help="our users: each gives one fresh code per 30 s (default 26,000 "
                         "per serve process)")
     parser.add_argument("--their-users", type=int, default=600,
                         help="privacyIDEA's users, likewise (default 600)")
@@ -733,7 +733,7 @@ def main() -> int:
         args.generator = "wrk" if args.our_calls == "check" else "lean"
     elif args.generator == "wrk" and args.our_calls != "check":
         parser.error("--our-calls begin-answer needs --generator lean")
-    if args.users is None:  # a window and its warm-up take 13 s of fresh codes, at up to 1,650/s
+    if args.users is None:  # a window and its warm-up take 13 s of fresh codes, at up to 2,000/s
         args.users = USERS_PER_PROCESS * args.our_processes
     work = Path(tempfile.mkdtemp(prefix="unified-mfa-pi-bench-"))
     try:
