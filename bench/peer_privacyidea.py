@@ -35,9 +35,8 @@ so a next step's code would move its token's clock: only the current step is use
 sides. Before a window starts with fewer than half of its users fresh, the bench waits for the
 next step (not timed). wrk gets the codes of every fresh user, made before the warm-up and
 shared between the warm-up and the window in proportion to their lengths; one wrk thread per
-server process, each sending to its own.
-If the fresh codes run out inside a window, the window says so and the run is not valid
-(raise --users or --their-users).
+server process, each sending to its own. If the fresh codes run out inside a window, the
+window says so and the run is not valid (raise --users or --their-users).
 
 Per window and server: validations per second; server CPU per validation (user + system time
 from /proc/PID/stat of the server processes: gunicorn's master and workers, or the serve
