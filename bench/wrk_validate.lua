@@ -70,7 +70,7 @@ function response(status, _, body)
 end
 
 function done(summary, latency, _)
-  local sum = {sent = 0, accepted = 0, refused = 0, not_ok = 0, ran_out = 0}
+  local sum = {accepted = 0, refused = 0, not_ok = 0, ran_out = 0}
   local last = ""
   for _, thread in ipairs(threads) do
     for key, _ in pairs(sum) do
@@ -82,9 +82,9 @@ function done(summary, latency, _)
   end
   local errors = summary.errors
   io.write(string.format(
-    "RESULT sent=%d accepted=%d refused=%d not_ok=%d ran_out=%d socket_errors=%d "
+    "RESULT accepted=%d refused=%d not_ok=%d ran_out=%d socket_errors=%d "
       .. "duration_us=%d p50_us=%d p99_us=%d\n",
-    sum.sent, sum.accepted, sum.refused, sum.not_ok, sum.ran_out,
+    sum.accepted, sum.refused, sum.not_ok, sum.ran_out,
     errors.connect + errors.read + errors.write + errors.timeout,
     summary.duration, latency:percentile(50), latency:percentile(99)))
   io.write("LAST_REFUSAL " .. string.gsub(last, "\n", " ") .. "\n")
