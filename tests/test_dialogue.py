@@ -11,11 +11,11 @@ expire; exempt users are accepted at `begin`.
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from pam_unified_mfa.core import MFA, Outcome, RequestContext, Step
 from pam_unified_mfa.core.dialogue import MSG_DENIED, MSG_EXPIRED, MSG_WRONG
-from pam_unified_mfa.store.models import Dialogue
+from pam_unified_mfa.store.models import Dialogue, OrgPolicy
 from tests.conftest import FakeClock
 from tests.helpers import code_for, enroll_confirmed, login, wrong_code
 
@@ -381,3 +381,29 @@ def test_a_name_holding_a_nul_gets_the_unknown_users_prompt_s06(mfa: MFA) -> Non
     enrolled(mfa)
     step = mfa.begin("alice\x00", RequestContext(adapter="radius", client="nas\x00"))
     assert step.outcome is Outcome.PROMPT and step.methods == ("code", "push")
+
+
+# -- the policy row --------------------------------------------------------------------------
+
+
+def without_policy_row(mfa: MFA) -> None:
+    with mfa.store.session() as session:
+        session.execute(delete(OrgPolicy))
+
+
+def test_a_login_on_a_store_without_a_policy_row_uses_the_defaults(mfa: MFA) -> None:
+    uri = enrolled(mfa)
+    without_policy_row(mfa)
+    assert login(mfa, "alice", code_for(mfa, uri))
+    with mfa.store.session() as session:
+        policy = session.get(OrgPolicy, 1)
+        assert policy is not None and policy.mode == "separated"
+
+
+def test_an_unknown_name_on_a_store_without_a_policy_row_gets_the_decoy_prompt_s06(
+    mfa: MFA,
+) -> None:
+    without_policy_row(mfa)
+    step = mfa.begin("mallory", NAS)
+    assert step.outcome is Outcome.PROMPT
+    assert step.methods == ("code", "push")

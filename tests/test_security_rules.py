@@ -17,13 +17,14 @@ import base64
 import dataclasses
 import logging
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from pam_unified_mfa import totp
 from pam_unified_mfa.cli.main import main as cli_main
@@ -595,6 +596,36 @@ def test_s06_push_for_unknown_user_looks_like_a_real_pending_push_until_it_expir
     clock.advance(real.deadline - clock.now)
     assert without_token(mfa.poll(unknown.token, PAM)) == without_token(
         mfa.poll(real.token, PAM))
+
+
+def traced_statements(mfa: MFA) -> list[str]:
+    """Every statement the core's SQLite store runs from now on, as SQLite traces it, with its
+    literal values in place of the values."""
+    seen: list[str] = []
+    mfa.store.dispose()  # the next connection is a new one, traced
+
+    def trace(connection: sqlite3.Connection, _record: object) -> None:
+        connection.set_trace_callback(seen.append)
+
+    event.listen(mfa.store.engine, "connect", trace)
+    return seen
+
+
+def statement_shapes(statements: list[str]) -> list[str]:
+    """The statements with their values (quoted text, numbers, NULL) masked."""
+    return [re.sub(r"'[^']*'|\b\d+(\.\d+)?\b|\bNULL\b", "?", statement)
+            for statement in statements]
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_s06_begin_for_unknown_user_runs_the_statements_a_users_begin_runs(mfa: MFA) -> None:
+    real_user_with_push_and_code(mfa)
+    seen = traced_statements(mfa)
+    mfa.begin("alice", PAM)
+    known = statement_shapes(seen)
+    seen.clear()
+    mfa.begin("mallory", PAM)
+    assert statement_shapes(seen) == known
 
 
 def test_s06_dialogue_errors_do_not_reveal_whether_the_user_exists(

@@ -248,6 +248,13 @@ def test_healthz_is_ok_when_the_store_answers(svc: Service) -> None:
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
 
 
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_the_api_documentation_pages_are_served(svc: Service, path: str) -> None:
+    response = svc.http.get(path)
+    assert response.status_code == 200
+    assert "/openapi.json" in response.text
+
+
 @pytest.fixture
 def store_gone(tmp_path: Path) -> Iterator[str]:
     """A service whose store is unreachable; yields its base URL."""

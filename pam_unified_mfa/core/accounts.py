@@ -62,14 +62,8 @@ class AccountRow(NamedTuple):
 _ACCOUNTS = table_of(Account)
 _ADMINS = table_of(Admin)
 _ROW_COLUMNS = [_ACCOUNTS.c[name] for name in AccountRow._fields]
-_ROW_BY_NAME = PreparedQuery(
-    select(*_ROW_COLUMNS).where(_ACCOUNTS.c.kind == bindparam("kind"),
-                                _ACCOUNTS.c.name == bindparam("name")), AccountRow._make)
 _ROW_BY_ID = PreparedQuery(
     select(*_ROW_COLUMNS).where(_ACCOUNTS.c.id == bindparam("id")), AccountRow._make)
-_ROW_OF_ADMIN = PreparedQuery(
-    select(*_ROW_COLUMNS).join(_ADMINS, _ADMINS.c.account_id == _ACCOUNTS.c.id)
-    .where(_ADMINS.c.name == bindparam("name")), AccountRow._make)
 _GROUP_ENFORCEMENTS = PreparedQuery(
     select(Group.enforcement).join(Membership, Membership.group_id == Group.id)
     .where(Membership.account_id == bindparam("account_id")), lambda row: str(row[0] or ""))
@@ -84,14 +78,6 @@ _BY_NAME = select(Account).where(Account.kind == bindparam("kind"),
 
 def find_account(session: Session, name: str, kind: str = "user") -> Account | None:
     return session.scalars(_BY_NAME, {"kind": kind, "name": name}).one_or_none()
-
-
-def login_account(session: Session, name: str, kind: str = "user") -> AccountRow | None:
-    """The account a login as `name` authenticates: a user's own; for an admin console the
-    admin's own TOTP-only account, or the linked user's account for a linked admin (R14)."""
-    if kind != "admin":
-        return _ROW_BY_NAME.first(session, {"kind": kind, "name": name})
-    return _ROW_OF_ADMIN.first(session, {"name": name})
 
 
 def account_row(session: Session, account_id: str) -> AccountRow | None:
@@ -156,6 +142,10 @@ def check_enforcement(value: str | None) -> str | None:
     return value
 
 
+def _strictest(values: list[str]) -> str | None:
+    return min(values, key=_STRICTNESS.__getitem__) if values else None
+
+
 def _directory_enforcement(session: Session, names: tuple[str, ...]) -> str | None:
     """The strictest enforcement set on any of these group names, or None.
 
@@ -166,16 +156,26 @@ def _directory_enforcement(session: Session, names: tuple[str, ...]) -> str | No
     if not names:
         return None
     wanted = set(names)
-    values = [enforcement for name, enforcement in _ENFORCED_GROUPS.rows(session, {})
-              if name in wanted and enforcement]
-    return min(values, key=_STRICTNESS.__getitem__) if values else None
+    return _strictest([enforcement for name, enforcement in _ENFORCED_GROUPS.rows(session, {})
+                       if name in wanted and enforcement])
 
 
 def effective_enforcement(session: Session, account: Account | AccountRow,
                           policy: OrgPolicy | PolicyRow,
                           directory_groups: tuple[str, ...] = ()) -> str:
     """The account's own setting, else the strictest of its groups' (stored and directory
-    groups alike), else the organisation's.
+    groups alike), else the organisation's (`login_enforcement` says more)."""
+    stored = _strictest([value for value in _GROUP_ENFORCEMENTS.rows(session,
+                                                                     {"account_id": account.id})
+                         if value])
+    return login_enforcement(session, account, policy, stored, directory_groups)
+
+
+def login_enforcement(session: Session, account: Account | AccountRow,
+                      policy: OrgPolicy | PolicyRow, stored_groups: str | None,
+                      directory_groups: tuple[str, ...] = ()) -> str:
+    """`effective_enforcement` with the strictest stored group's setting already read (a
+    login has it from its first read, core/login_read.py).
 
     Admin-only accounts are always `required`: an admin console without MFA is the one hole an
     attacker looks for first.
@@ -184,15 +184,10 @@ def effective_enforcement(session: Session, account: Account | AccountRow,
         return "required"
     if account.enforcement:
         return account.enforcement
-    group_values = [value for value in _GROUP_ENFORCEMENTS.rows(session,
-                                                                {"account_id": account.id})
-                    if value]
-    from_directory = _directory_enforcement(session, directory_groups)
-    if from_directory is not None:
-        group_values.append(from_directory)
-    if group_values:
-        return min(group_values, key=_STRICTNESS.__getitem__)
-    return policy.default_enforcement
+    strictest = _strictest([value for value in (stored_groups,
+                                                _directory_enforcement(session, directory_groups))
+                            if value])
+    return strictest if strictest is not None else policy.default_enforcement
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,7 @@ from pam_unified_mfa.core import audit, push
 from pam_unified_mfa.core.accounts import (
     AccountRow,
     account_row,
-    effective_enforcement,
-    login_account,
+    login_enforcement,
     new_id,
 )
 from pam_unified_mfa.core.context import TEXT_MAX, RequestContext
@@ -39,7 +38,8 @@ from pam_unified_mfa.core.factors import (
     token_hash,
     unified_in,
 )
-from pam_unified_mfa.core.orgpolicy import get_policy, login_policy
+from pam_unified_mfa.core.login_read import LoginRead, login_read
+from pam_unified_mfa.core.orgpolicy import get_policy
 from pam_unified_mfa.core.verification import check_code, decoy_check, is_locked, record_success
 from pam_unified_mfa.store.models import Account, Dialogue, table_of
 from pam_unified_mfa.store.prepared import Prepared, PreparedQuery
@@ -187,16 +187,15 @@ _NOBODY = AccountRow(id="", kind="user", name="", enforcement=None, must_enroll_
 """Who the decoy reads are made for: an account that matches no row."""
 
 
-def _decoy_reads(session: Session, now: float, directory_groups: tuple[str, ...]) -> None:
-    """The reads `begin` makes for a known user (policy, groups, factors), made for an account
-    that matches no row: an unknown name then costs the store, and the login, what a known
-    one costs, so the time `begin` takes does not tell them apart (S06)."""
-    policy = login_policy(session, now)
-    effective_enforcement(session, _NOBODY, policy, directory_groups)
-    factors = login_factors(session, _NOBODY.id)
-    _methods(factors, now)
-    if policy.mode == "unified":
-        unified_in(factors)
+def _decoy_reads(session: Session, read: LoginRead, now: float,
+                 directory_groups: tuple[str, ...]) -> None:
+    """What `begin` does for a known user after its first read (directory groups, methods),
+    done for an account that matches no row: an unknown name then costs the store, and the
+    login, what a known one costs, so the time `begin` takes does not tell them apart (S06)."""
+    login_enforcement(session, _NOBODY, read.policy, None, directory_groups)
+    _methods(read.factors, now)
+    if read.policy.mode == "unified":
+        unified_in(read.factors)
 
 
 @dataclass(frozen=True)
@@ -220,13 +219,14 @@ def _opening(session: Session, env: Env, username: str, ctx: RequestContext, kin
     """What `begin` decides before any dialogue exists: a finished step (exempt, locked, no
     factor, an enrollment), or whom to ask for a code."""
     now = env.clock()
-    account = login_account(session, username, kind)
+    read = login_read(session, username, kind, now)
+    account, policy = read.account, read.policy
     if account is None:
         # Indistinguishable from a user with both methods: every answer will be refused (S06).
-        _decoy_reads(session, now, directory_groups)
+        _decoy_reads(session, read, now, directory_groups)
         return _Asking(None, [], DECOY_METHODS)
-    policy = login_policy(session, now)
-    enforcement = effective_enforcement(session, account, policy, directory_groups)
+    enforcement = login_enforcement(session, account, policy, read.group_enforcement,
+                                    directory_groups)
     if enforcement == "exempt":
         audit.record(session, now, actor=account.name, action="mfa.login", subject=account.name,
                      outcome="accepted", ctx=ctx, detail={"reason": "exempt"})
@@ -235,7 +235,7 @@ def _opening(session: Session, env: Env, username: str, ctx: RequestContext, kin
         audit.record(session, now, actor=account.name, action="mfa.login", subject=account.name,
                      outcome="rejected", ctx=ctx, detail={"reason": "locked"})
         return Step(Outcome.REJECT, MSG_LOCKED)
-    factors = login_factors(session, account.id)
+    factors = read.factors
     methods = _methods(factors, now)
     may_enroll = enforcement == "enroll_at_login" or (
         account.must_enroll_until is not None and account.must_enroll_until > now)

@@ -102,11 +102,13 @@ class FactorRow(NamedTuple):
 
 
 _FACTOR_TABLE = table_of(Factor)
+FACTOR_ROW_COLUMNS = [_FACTOR_TABLE.c[name] for name in FactorRow._fields]
+# What a login reads: active and pending factors. Not IN (…): that would be an expanding
+# parameter, compiled again at each call.
+LOGIN_STATES = or_(_FACTOR_TABLE.c.state == "active", _FACTOR_TABLE.c.state == "pending")
 _LOGIN_FACTORS = PreparedQuery(
-    select(*[_FACTOR_TABLE.c[name] for name in FactorRow._fields])
-    .where(_FACTOR_TABLE.c.account_id == bindparam("account_id"),
-           # Not IN (…): that would be an expanding parameter, compiled again at each call.
-           or_(_FACTOR_TABLE.c.state == "active", _FACTOR_TABLE.c.state == "pending"))
+    select(*FACTOR_ROW_COLUMNS)
+    .where(_FACTOR_TABLE.c.account_id == bindparam("account_id"), LOGIN_STATES)
     .order_by(_FACTOR_TABLE.c.created_at, _FACTOR_TABLE.c.id), FactorRow._make)
 
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pam_unified_mfa.store.models import OrgPolicy, table_of
-from pam_unified_mfa.store.prepared import PreparedQuery
+from pam_unified_mfa.store.models import OrgPolicy
 
 MODES = ("separated", "unified")
 TOTP_SOURCES = ("protect", "third_party")
@@ -33,20 +31,6 @@ class PolicyRow(NamedTuple):
     mode: str
     totp_source: str
     default_enforcement: str
-
-
-_POLICY = table_of(OrgPolicy)
-_POLICY_ROW = PreparedQuery(select(*[_POLICY.c[name] for name in PolicyRow._fields])
-                       .where(_POLICY.c.id == 1), PolicyRow._make)
-
-
-def login_policy(session: Session, now: float) -> PolicyRow:
-    """The policy as every login reads it; the row is created as `get_policy` does if missing."""
-    row = _POLICY_ROW.first(session, {})
-    if row is None:
-        policy = get_policy(session, now)
-        row = PolicyRow(policy.mode, policy.totp_source, policy.default_enforcement)
-    return row
 
 
 def method_enabled(policy: OrgPolicy, method: str) -> bool:
