@@ -13,7 +13,7 @@ from sqlalchemy import func, select, text
 from pam_unified_mfa.core.events import after_commit
 from pam_unified_mfa.errors import ConfigError, StoreUnavailable
 from pam_unified_mfa.store import Store
-from pam_unified_mfa.store.database import normalise_url
+from pam_unified_mfa.store.database import SQLITE_CHECKPOINT_PAGES, normalise_url
 from pam_unified_mfa.store.models import Account, Base
 
 
@@ -43,6 +43,15 @@ def test_sqlite_store_uses_write_ahead_logging(tmp_path: Path) -> None:
         mode = connection.execute(text("PRAGMA journal_mode")).scalar()
     store.dispose()
     assert mode == "wal"
+
+
+def test_sqlite_store_copies_its_wal_back_every_ten_thousand_pages(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'wal.db'}")
+    store.migrate()
+    with store.engine.connect() as connection:
+        pages = connection.execute(text("PRAGMA wal_autocheckpoint")).scalar()
+    store.dispose()
+    assert pages == SQLITE_CHECKPOINT_PAGES == 10_000
 
 
 def test_plain_postgresql_urls_use_psycopg3() -> None:
