@@ -36,22 +36,22 @@ def test_migrating_twice_changes_nothing(store_url: str) -> None:
     assert version is not None
 
 
-def test_sqlite_store_uses_write_ahead_logging(tmp_path: Path) -> None:
+def sqlite_setting(tmp_path: Path, pragma: str) -> object:
+    """What `PRAGMA <pragma>` reads on a connection of a migrated SQLite store."""
     store = Store(f"sqlite:///{tmp_path / 'wal.db'}")
     store.migrate()
     with store.engine.connect() as connection:
-        mode = connection.execute(text("PRAGMA journal_mode")).scalar()
+        value = connection.execute(text(f"PRAGMA {pragma}")).scalar()
     store.dispose()
-    assert mode == "wal"
+    return value
+
+
+def test_sqlite_store_uses_write_ahead_logging(tmp_path: Path) -> None:
+    assert sqlite_setting(tmp_path, "journal_mode") == "wal"
 
 
 def test_sqlite_store_copies_its_wal_back_every_ten_thousand_pages(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'wal.db'}")
-    store.migrate()
-    with store.engine.connect() as connection:
-        pages = connection.execute(text("PRAGMA wal_autocheckpoint")).scalar()
-    store.dispose()
-    assert pages == SQLITE_CHECKPOINT_PAGES == 10_000
+    assert sqlite_setting(tmp_path, "wal_autocheckpoint") == SQLITE_CHECKPOINT_PAGES == 10_000
 
 
 def test_plain_postgresql_urls_use_psycopg3() -> None:
