@@ -60,10 +60,9 @@ class AccountRow(NamedTuple):
 
 # Every login runs these: prepared once (store/prepared.py).
 _ACCOUNTS = table_of(Account)
-_ADMINS = table_of(Admin)
-_ROW_COLUMNS = [_ACCOUNTS.c[name] for name in AccountRow._fields]
+ACCOUNT_ROW_COLUMNS = [_ACCOUNTS.c[name] for name in AccountRow._fields]
 _ROW_BY_ID = PreparedQuery(
-    select(*_ROW_COLUMNS).where(_ACCOUNTS.c.id == bindparam("id")), AccountRow._make)
+    select(*ACCOUNT_ROW_COLUMNS).where(_ACCOUNTS.c.id == bindparam("id")), AccountRow._make)
 _GROUP_ENFORCEMENTS = PreparedQuery(
     select(Group.enforcement).join(Membership, Membership.group_id == Group.id)
     .where(Membership.account_id == bindparam("account_id")), lambda row: str(row[0] or ""))

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import and_, bindparam, case, func, literal_column, select
 from sqlalchemy.orm import Session
 
-from pam_unified_mfa.core.accounts import ENFORCEMENTS, AccountRow
+from pam_unified_mfa.core.accounts import ACCOUNT_ROW_COLUMNS, ENFORCEMENTS, AccountRow
 from pam_unified_mfa.core.factors import FACTOR_ROW_COLUMNS, LOGIN_STATES, FactorRow
 from pam_unified_mfa.core.orgpolicy import PolicyRow, get_policy
 from pam_unified_mfa.store.models import (
@@ -48,9 +48,8 @@ _MEMBERSHIPS = table_of(Membership)
 _FACTORS = table_of(Factor)
 
 _POLICY_COLUMNS = [_POLICY.c[name] for name in PolicyRow._fields]
-_ACCOUNT_COLUMNS = [_ACCOUNTS.c[name] for name in AccountRow._fields]
 _ACCOUNT_AT = len(_POLICY_COLUMNS)
-_RANK_AT = _ACCOUNT_AT + len(_ACCOUNT_COLUMNS)
+_RANK_AT = _ACCOUNT_AT + len(ACCOUNT_ROW_COLUMNS)
 _FACTOR_AT = _RANK_AT + 1
 
 # The strictest group setting as its rank in ENFORCEMENTS (strictest first), so that SQL's min
@@ -67,7 +66,7 @@ _LIVE_FACTOR = and_(_FACTORS.c.account_id == _ACCOUNTS.c.id, LOGIN_STATES)
 
 def _query(account_matches: Any) -> PreparedQuery[Sequence[Any]]:
     return PreparedQuery(
-        select(*_POLICY_COLUMNS, *_ACCOUNT_COLUMNS, _GROUP_RANK, *FACTOR_ROW_COLUMNS)
+        select(*_POLICY_COLUMNS, *ACCOUNT_ROW_COLUMNS, _GROUP_RANK, *FACTOR_ROW_COLUMNS)
         .select_from(_POLICY.outerjoin(_ACCOUNTS, account_matches)
                      .outerjoin(_FACTORS, _LIVE_FACTOR))
         .where(_POLICY.c.id == literal_column("1"))
