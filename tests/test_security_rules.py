@@ -599,8 +599,8 @@ def test_s06_push_for_unknown_user_looks_like_a_real_pending_push_until_it_expir
 
 
 def traced_statements(mfa: MFA) -> list[str]:
-    """Every statement the core's SQLite store runs from now on, as SQLite traces it, with its
-    literal values in place of the values."""
+    """Every statement the core's SQLite store runs from now on, as SQLite traces it: with
+    the values written in."""
     seen: list[str] = []
     mfa.store.dispose()  # the next connection is a new one, traced
 

@@ -50,8 +50,8 @@ SQLITE_CHECKPOINT_PAGES = 10_000
 
 SQLite's default, 1,000, made a checkpoint every 300 or so logins, each writing back pages
 that the next logins changed again (a login changes three: its factor, and the audit table's
-last page and index page); the auth API's validations per second rose by a tenth with 10,000
-(docs/performance.md). The WAL then grows to about 40 MB before it is copied back."""
+last page and index page); two serve processes made 4 to 9% more validations per second with
+10,000 (docs/performance.md). The WAL then grows to about 40 MB before it is copied back."""
 _CHECKPOINT_PRAGMA = f"PRAGMA wal_autocheckpoint={SQLITE_CHECKPOINT_PAGES}"
 
 
